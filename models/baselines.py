@@ -1,0 +1,175 @@
+"""Reference baselines scored on the same split by the same metric code as CM-GAN.
+
+* CCA: regularised linear CCA, the classic unsupervised common space (Rasiwasia et al. 2010).
+* Classifier ("semantic matching"): each modality mapped to its softmax class posteriors,
+  the supervised baseline of the same paper.
+
+Both standardise their inputs with training statistics only and pick their one hyperparameter
+by mean validation MAP, so no test information leaks into the figures they report.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from components.datasets.types import FeatureDataset, Split
+from models import metrics
+
+CCA_REGULARISATION_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CLASSIFIER_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+class CrossModalEmbedder(Protocol):
+    def transform_image(self, x: np.ndarray) -> np.ndarray: ...
+
+    def transform_text(self, t: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardiser:
+    """z-score with statistics of the data it was fitted on (the training split)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardiser":
+        x = np.asarray(x, dtype=np.float64)
+        std = x.std(axis=0)
+        return cls(mean=x.mean(axis=0), scale=np.where(std > 0, std, 1.0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+
+def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
+    """C^{-1/2} of a symmetric positive-definite matrix (the whitening transform)."""
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    return (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+
+
+class CCABaseline:
+    """Regularised linear CCA: whiten each modality, SVD the whitened cross-covariance."""
+
+    def __init__(self, regularisation: float = 1e-3, n_components: int | None = None):
+        self.regularisation = float(regularisation)
+        self.n_components = n_components
+        self.val_map: float | None = None  # set when chosen by fit_cca
+
+    def fit(self, train_image: np.ndarray, train_text: np.ndarray) -> "CCABaseline":
+        self.image_standardiser = Standardiser.fit(train_image)
+        self.text_standardiser = Standardiser.fit(train_text)
+        x = self.image_standardiser(train_image)
+        y = self.text_standardiser(train_text)
+        # z-scored training data already has zero mean; re-centring keeps this exact.
+        self.image_mean, self.text_mean = x.mean(axis=0), y.mean(axis=0)
+        x, y = x - self.image_mean, y - self.text_mean
+        n = x.shape[0]
+        ridge = self.regularisation
+        whiten_x = _inverse_sqrt(x.T @ x / (n - 1) + ridge * np.eye(x.shape[1]))
+        whiten_y = _inverse_sqrt(y.T @ y / (n - 1) + ridge * np.eye(y.shape[1]))
+        u, correlations, vt = np.linalg.svd(whiten_x @ (x.T @ y / (n - 1)) @ whiten_y)
+        dim = self.projection_dim(x.shape[1], y.shape[1])
+        self.image_projection = whiten_x @ u[:, :dim]
+        self.text_projection = whiten_y @ vt.T[:, :dim]
+        self.correlations = correlations[:dim]
+        return self
+
+    def projection_dim(self, image_dim: int, text_dim: int) -> int:
+        limit = min(image_dim, text_dim)
+        return limit if self.n_components is None else min(limit, self.n_components)
+
+    def transform_image(self, x: np.ndarray) -> np.ndarray:
+        return (self.image_standardiser(x) - self.image_mean) @ self.image_projection
+
+    def transform_text(self, t: np.ndarray) -> np.ndarray:
+        return (self.text_standardiser(t) - self.text_mean) @ self.text_projection
+
+
+class ClassifierBaseline:
+    """Semantic matching: per-modality softmax regression; items become class posteriors."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 5000, seed: int = 0):
+        self.C = float(C)
+        self.max_iter = max_iter
+        self.seed = seed
+        self.val_map: float | None = None  # set when chosen by fit_classifier
+
+    def _classifier(self) -> LogisticRegression:
+        # lbfgs on a multiclass target is multinomial softmax regression in scikit-learn >= 1.5
+        # (passing multi_class is deprecated there).
+        return LogisticRegression(C=self.C, solver="lbfgs", max_iter=self.max_iter,
+                                  random_state=self.seed)
+
+    def fit(self, train_image: np.ndarray, train_text: np.ndarray,
+            train_label: np.ndarray) -> "ClassifierBaseline":
+        self.image_standardiser = Standardiser.fit(train_image)
+        self.text_standardiser = Standardiser.fit(train_text)
+        self.image_classifier = self._classifier().fit(
+            self.image_standardiser(train_image), train_label)
+        self.text_classifier = self._classifier().fit(
+            self.text_standardiser(train_text), train_label)
+        return self
+
+    def transform_image(self, x: np.ndarray) -> np.ndarray:
+        return self.image_classifier.predict_proba(self.image_standardiser(x))
+
+    def transform_text(self, t: np.ndarray) -> np.ndarray:
+        return self.text_classifier.predict_proba(self.text_standardiser(t))
+
+
+# --------------------------------------------------------------------------- selection
+def baseline_embeddings(model: CrossModalEmbedder, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(image, text) embeddings of a split in the model's retrieval space."""
+    return model.transform_image(split.image), model.transform_text(split.text)
+
+
+def validation_map(model: CrossModalEmbedder, val: Split) -> float:
+    """Mean of i2t and t2i MAP@all on the validation split: the selection criterion."""
+    return metrics.cross_modal_map(*baseline_embeddings(model, val), val.label)["mean"]
+
+
+def _select_on_validation(fit_candidate: Callable[[float], CrossModalEmbedder],
+                          grid: Sequence[float], val: Split) -> CrossModalEmbedder:
+    """Fit one model per grid value and keep the best by validation MAP (first on ties)."""
+    best_model, best_score = None, -np.inf
+    for value in grid:
+        model = fit_candidate(value)
+        score = validation_map(model, val)
+        model.val_map = score
+        if score > best_score:
+            best_model, best_score = model, score
+    return best_model
+
+
+def fit_cca(train: Split, val: Split, grid: Sequence[float] = CCA_REGULARISATION_GRID,
+            n_components: int | None = None) -> CCABaseline:
+    """CCA with its ridge chosen on validation."""
+    return _select_on_validation(
+        lambda r: CCABaseline(r, n_components).fit(train.image, train.text), grid, val)
+
+
+def fit_classifier(train: Split, val: Split, grid: Sequence[float] = CLASSIFIER_C_GRID,
+                   seed: int = 0) -> ClassifierBaseline:
+    """Semantic-matching classifiers with their inverse regularisation C chosen on validation."""
+    return _select_on_validation(
+        lambda c: ClassifierBaseline(c, seed=seed).fit(train.image, train.text, train.label),
+        grid, val)
+
+
+def fit_baselines(dataset: FeatureDataset, seed: int = 0) -> dict[str, CrossModalEmbedder]:
+    """Both baselines fitted on train and tuned on val of `dataset`."""
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    return {"cca": fit_cca(train, val), "classifier": fit_classifier(train, val, seed=seed)}
+
+
+def evaluate_baselines(dataset: FeatureDataset, split: str = "test",
+                       k_values: Sequence[int] = (50,), seed: int = 0) -> dict[str, dict]:
+    """metrics.retrieval_report of each baseline on `split` (fitted on train, tuned on val)."""
+    evaluated = dataset.splits[split]
+    return {name: metrics.retrieval_report(*baseline_embeddings(model, evaluated),
+                                           evaluated.label, k_values)
+            for name, model in fit_baselines(dataset, seed).items()}

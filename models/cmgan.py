@@ -1,0 +1,172 @@
+"""CM-GAN: two cross-modal autoencoders against four discriminators, the paper's schedule.
+
+Batches are dicts from `models.sampling.class_balanced_batches`: a matched pair
+(image, text, label) and a pair of another class (wrong_image, wrong_text, wrong_label).
+Every loss is a per-example sum divided by the *global* batch (tf.nn.compute_average_loss),
+so gradients all-reduced across replicas equal the single-device ones; logged losses are
+multiplied back by the replica count.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from models.discriminators import InterModalDiscriminator, IntraModalDiscriminator
+from models.generator import build_generators
+from models.hparams import CMGANHParams
+
+DISCRIMINATORS = ("intra_image", "intra_text", "inter_image", "inter_text")
+GENERATORS = ("image", "text")
+LOSS_NAMES = tuple(f"d_{d}_loss" for d in DISCRIMINATORS) + tuple(
+    f"g_{g}_loss" for g in GENERATORS) + ("g_image_semantic_loss", "g_text_semantic_loss",
+                                           "common_l1_distance")
+
+
+def _bce(logits, target: float):
+    """Per-example binary cross-entropy of logits against a constant target."""
+    labels = tf.fill(tf.shape(logits), tf.constant(target, logits.dtype))
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
+
+
+def _average(per_example):
+    return tf.nn.compute_average_loss(per_example)
+
+
+class CMGAN(keras.Model):
+    def __init__(self, image_dim: int, text_dim: int, num_classes: int,
+                 hparams: CMGANHParams = CMGANHParams(), **kwargs):
+        super().__init__(**kwargs)
+        self.hparams = hparams
+        self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
+        self.image_generator, self.text_generator = build_generators(
+            image_dim, text_dim, num_classes, hparams)
+        self.intra_image_discriminator = IntraModalDiscriminator(image_dim, name="intra_image")
+        self.intra_text_discriminator = IntraModalDiscriminator(text_dim, name="intra_text")
+        # Conditioned on the image feature: real (E_I(x), x), fake (E_T(t), x).
+        self.inter_image_discriminator = InterModalDiscriminator(
+            hparams.common_dim, image_dim, hparams, name="inter_image")
+        # Conditioned on the text feature: real (E_T(t), t), fake (E_I(x), t).
+        self.inter_text_discriminator = InterModalDiscriminator(
+            hparams.common_dim, text_dim, hparams, name="inter_text")
+        self.intra_image_discriminator.build((None, image_dim))
+        self.intra_text_discriminator.build((None, text_dim))
+        self.inter_image_discriminator.build()
+        self.inter_text_discriminator.build()
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self.built = True
+
+    # --- inference -------------------------------------------------------------------------
+    def encode_image(self, image, training=False):
+        return self.image_generator.encode(image, training=training)
+
+    def encode_text(self, text, training=False):
+        return self.text_generator.encode(text, training=training)
+
+    def call(self, inputs, training=False):
+        return {"image": self.encode_image(inputs["image"], training=training),
+                "text": self.encode_text(inputs["text"], training=training)}
+
+    # --- training --------------------------------------------------------------------------
+    def compile(self, steps_per_epoch: int = 1, **kwargs):
+        """Six Adam optimizers (one per network) with the lr halved every
+        `lr_halving_epochs`; call inside the strategy scope (keras-team/keras#20164)."""
+        super().compile(jit_compile=kwargs.pop("jit_compile", self.hparams.jit_compile),
+                        **kwargs)
+        hp = self.hparams
+
+        def adam(updates_per_iteration: int, name: str):
+            schedule = keras.optimizers.schedules.ExponentialDecay(
+                hp.learning_rate, decay_steps=hp.lr_halving_epochs * steps_per_epoch
+                * updates_per_iteration, decay_rate=0.5, staircase=True)
+            return keras.optimizers.Adam(schedule, beta_1=hp.beta_1, beta_2=hp.beta_2,
+                                         name=name)
+
+        self.discriminator_optimizers = {
+            d: adam(1, f"{d}_discriminator_adam") for d in DISCRIMINATORS}
+        self.generator_optimizers = {
+            g: adam(hp.generator_steps, f"{g}_generator_adam") for g in GENERATORS}
+        for d in DISCRIMINATORS:
+            self.discriminator_optimizers[d].build(self.discriminator(d).trainable_variables)
+        for g in GENERATORS:
+            self.generator_optimizers[g].build(self.generator(g).trainable_variables)
+
+    def discriminator(self, name: str) -> keras.Model:
+        return getattr(self, f"{name}_discriminator")
+
+    def generator(self, name: str) -> keras.Model:
+        return getattr(self, f"{name}_generator")
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    def _discriminator_losses(self, batch):
+        """Per-example losses of the four discriminators; generators held fixed."""
+        x, t = batch["image"], batch["text"]
+        x_wrong, t_wrong = batch["wrong_image"], batch["wrong_text"]
+        ig, tg = self.image_generator, self.text_generator
+        c_x, c_t = ig.encode(x, training=True), tg.encode(t, training=True)
+        x_hat, t_hat = ig.decode(c_x, training=True), tg.decode(c_t, training=True)
+        c_x_wrong = ig.encode(x_wrong, training=True)
+        c_t_wrong = tg.encode(t_wrong, training=True)
+        c_x, c_t, x_hat, t_hat, c_x_wrong, c_t_wrong = map(
+            tf.stop_gradient, (c_x, c_t, x_hat, t_hat, c_x_wrong, c_t_wrong))
+        mismatched = self.hparams.wrong_pair == "mismatched"
+        d_ii, d_it = self.intra_image_discriminator, self.intra_text_discriminator
+        d_ei, d_et = self.inter_image_discriminator, self.inter_text_discriminator
+        wrong_for_image = d_ei(c_x_wrong, x if mismatched else x_wrong, training=True)
+        wrong_for_text = d_et(c_t_wrong, t if mismatched else t_wrong, training=True)
+        return {
+            "intra_image": _bce(d_ii(x), 1.0) + _bce(d_ii(x_hat), 0.0),
+            "intra_text": _bce(d_it(t), 1.0) + _bce(d_it(t_hat), 0.0),
+            "inter_image": _bce(d_ei(c_x, x, training=True), 1.0)
+            + 0.5 * _bce(d_ei(c_t, x, training=True), 0.0) + 0.5 * _bce(wrong_for_image, 0.0),
+            "inter_text": _bce(d_et(c_t, t, training=True), 1.0)
+            + 0.5 * _bce(d_et(c_x, t, training=True), 0.0) + 0.5 * _bce(wrong_for_text, 0.0),
+        }, tf.reduce_mean(tf.abs(c_x - c_t), axis=-1)
+
+    def _generator_loss(self, modality: str, batch):
+        """G_I: fool the text-conditioned inter D and the image intra D, plus softmax loss;
+        G_T mirrors it. Forward pass recomputed for every step, as in the paper."""
+        own, other = (batch["image"], batch["text"]) if modality == "image" else (
+            batch["text"], batch["image"])
+        generator = self.generator(modality)
+        inter = self.inter_text_discriminator if modality == "image" else (
+            self.inter_image_discriminator)
+        intra = self.intra_image_discriminator if modality == "image" else (
+            self.intra_text_discriminator)
+        common = generator.encode(own, training=True)
+        reconstruction = generator.decode(common, training=True)
+        semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            batch["label"], generator.classify(common))
+        adversarial = _bce(inter(common, other, training=True), 1.0) + _bce(
+            intra(reconstruction), 1.0)
+        return adversarial + semantic, semantic
+
+    def train_step(self, batch):
+        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        with tf.GradientTape(persistent=True) as tape:
+            per_example, l1 = self._discriminator_losses(batch)
+            d_losses = {d: _average(loss) for d, loss in per_example.items()}
+        for d in DISCRIMINATORS:
+            variables = self.discriminator(d).trainable_variables
+            self.discriminator_optimizers[d].apply_gradients(
+                zip(tape.gradient(d_losses[d], variables), variables))
+        del tape
+        g_losses, semantic_losses = {}, {}
+        for _ in range(self.hparams.generator_steps):
+            for g in GENERATORS:
+                variables = self.generator(g).trainable_variables
+                with tf.GradientTape() as tape:
+                    total, semantic = self._generator_loss(g, batch)
+                    g_losses[g] = _average(total)
+                semantic_losses[g] = _average(semantic)
+                self.generator_optimizers[g].apply_gradients(
+                    zip(tape.gradient(g_losses[g], variables), variables))
+        logged = {f"d_{d}_loss": d_losses[d] for d in DISCRIMINATORS}
+        logged.update({f"g_{g}_loss": g_losses[g] for g in GENERATORS})
+        logged.update({f"g_{g}_semantic_loss": semantic_losses[g] for g in GENERATORS})
+        logged["common_l1_distance"] = _average(l1)
+        for name, value in logged.items():
+            self.loss_trackers[name].update_state(value * replicas)
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}

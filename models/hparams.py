@@ -1,0 +1,69 @@
+"""The one hyperparameter object of CM-GAN; defaults are the paper's (see CMGAN.md)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+WRONG_PAIRS = ("mismatched", "matched")
+
+
+@dataclasses.dataclass(frozen=True)
+class CMGANHParams:
+    # Architecture.
+    common_dim: int = 1024  # shared encoder-2 output: the retrieval space
+    hidden_dim: int = 1024  # encoder-1 and decoder hidden width
+    inter_disc_hidden: int = 512
+    leaky_relu_slope: float = 0.2
+    shared_encoder: bool = True  # False unties encoder 2 (ablation)
+    # GAN-CLS "wrong" fake of the inter-modality discriminators: "mismatched" feeds
+    # (E_I(x'), x) -- another class's common representation with the own feature, the
+    # GAN-CLS intent; "matched" feeds (E_I(x'), x') as the authors' Torch code does.
+    wrong_pair: str = "mismatched"
+    # Optimisation (Adam for all six optimizers).
+    learning_rate: float = 1e-3
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    lr_halving_epochs: int = 100
+    batch_size: int = 64  # global batch, class-balanced
+    generator_steps: int = 5  # per iteration: 1 step per discriminator, then 5 x (G_I, G_T)
+    epochs: int = 2000  # as the authors' release; select the epoch on validation
+    # Model selection on the validation split (never test).
+    validate_every: int = 5  # epochs between validation MAP evaluations
+    early_stopping_patience: int = 0  # validations without improvement before stopping; 0 = off
+    seed: int = 0
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        if self.wrong_pair not in WRONG_PAIRS:
+            raise ValueError(f"wrong_pair must be one of {WRONG_PAIRS}, got {self.wrong_pair!r}")
+        for name in ("common_dim", "hidden_dim", "inter_disc_hidden", "batch_size",
+                     "generator_steps", "epochs", "lr_halving_epochs", "validate_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def replace(self, **overrides: Any) -> "CMGANHParams":
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "CMGANHParams":
+        """Builds from a (possibly partial) dict; unknown keys are an error, not ignored."""
+        values = dict(values or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown CM-GAN hyperparameters: {', '.join(unknown)}; "
+                             f"known: {', '.join(known)}")
+        typed = {}
+        for key, value in values.items():
+            kind = type(getattr(cls(), key))
+            if kind is bool and isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes", "on")
+            typed[key] = kind(value)
+        return cls(**typed)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)

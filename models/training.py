@@ -1,0 +1,180 @@
+"""Fit CM-GAN on in-memory standardised features, selecting the epoch on validation MAP.
+
+Shared by the Trainer's `run_fn` and `cmgan train`. With a checkpoint directory, training
+state (weights, six optimizers, epoch, best validation score) is saved every epoch, so a
+process killed mid-training resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models.cmgan import CMGAN
+from models.distribute import make_strategy
+from models.hparams import CMGANHParams
+from models.sampling import class_balanced_batches, steps_per_epoch
+
+log = logging.getLogger(__name__)
+SELECTION_METRIC = "mean"  # validation mean of image->text and text->image MAP@all
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: CMGAN
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val: dict[str, float]
+    resumed_from_epoch: int
+    strategy: tf.distribute.Strategy
+
+
+def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
+          batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Common representations in inference mode, in batches."""
+    def run(encode, features):
+        parts = [encode(tf.constant(features[i:i + batch_size]), training=False).numpy()
+                 for i in range(0, len(features), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, model.hparams.common_dim),
+                                                            np.float32)
+    return run(model.encode_image, image), run(model.encode_text, text)
+
+
+class _TrainingState(tf.Module):
+    """What a resumed run needs beyond weights: the epoch and the best validation so far."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+
+
+class ValidationSelection(keras.callbacks.Callback):
+    """Every `validate_every` epochs (and at the last), computes validation MAP, keeps the
+    best weights, saves checkpoints, prints progress and stops early if configured."""
+
+    def __init__(self, val, hparams: CMGANHParams, total_epochs: int, state: _TrainingState,
+                 checkpoint_dir: str | None, verbose: int):
+        super().__init__()
+        self.val, self.hparams, self.total_epochs = val, hparams, total_epochs
+        self.state, self.verbose = state, verbose
+        self.history: list[dict[str, Any]] = []
+        self.best_weights = None
+        self.validations_without_gain = 0
+        self.started = time.time()
+        self.last_manager = self.best_manager = None
+        self.checkpoint_dir = checkpoint_dir
+
+    def attach_checkpoints(self, model: CMGAN):
+        if not self.checkpoint_dir:
+            return
+        optimizers = {**{f"d_{k}": v for k, v in model.discriminator_optimizers.items()},
+                      **{f"g_{k}": v for k, v in model.generator_optimizers.items()}}
+        last = tf.train.Checkpoint(model=model, state=self.state, **optimizers)
+        best = tf.train.Checkpoint(model=model)
+        self.last_manager = tf.train.CheckpointManager(
+            last, os.path.join(self.checkpoint_dir, "last"), max_to_keep=1)
+        self.best_manager = tf.train.CheckpointManager(
+            best, os.path.join(self.checkpoint_dir, "best"), max_to_keep=1)
+
+    def restore(self, model: CMGAN) -> int:
+        """Resumes from the checkpoint directory; returns the epoch training stopped at."""
+        if not self.last_manager or not self.last_manager.latest_checkpoint:
+            return 0
+        if self.best_manager.latest_checkpoint:
+            self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint
+                                                 ).expect_partial()
+            self.best_weights = model.get_weights()
+        self.last_manager.checkpoint.restore(self.last_manager.latest_checkpoint
+                                             ).assert_existing_objects_matched()
+        epoch = int(self.state.epoch.numpy())
+        log.info("resumed CM-GAN training from %s at epoch %d",
+                 self.last_manager.latest_checkpoint, epoch)
+        return epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        record = {"epoch": done, **{k: float(v) for k, v in (logs or {}).items()}}
+        if self.val is not None and (done % self.hparams.validate_every == 0
+                                     or done == self.total_epochs):
+            from models.metrics import retrieval_report
+
+            image_emb, text_emb = embed(self.model, self.val.image, self.val.text)
+            report = retrieval_report(image_emb, text_emb, self.val.label)
+            record.update({f"val_{k}": v for k, v in report.items()})
+            if logs is not None:
+                logs.update({f"val_map_{k}": v for k, v in report.items()
+                             if k in ("i2t", "t2i", "mean", "all_modal")})
+            score = report[SELECTION_METRIC]
+            if score > float(self.state.best_score.numpy()):
+                self.state.best_score.assign(score)
+                self.state.best_epoch.assign(done)
+                self.best_weights = self.model.get_weights()
+                self.validations_without_gain = 0
+                if self.best_manager:
+                    self.best_manager.save(checkpoint_number=done)
+            else:
+                self.validations_without_gain += 1
+            if self.verbose:
+                print(f"epoch {done}/{self.total_epochs}  "
+                      f"d_inter {record.get('d_inter_image_loss', float('nan')):.3f}/"
+                      f"{record.get('d_inter_text_loss', float('nan')):.3f}  "
+                      f"g {record.get('g_image_loss', float('nan')):.3f}/"
+                      f"{record.get('g_text_loss', float('nan')):.3f}  "
+                      f"val MAP i2t {report['i2t']:.4f} t2i {report['t2i']:.4f} "
+                      f"mean {report['mean']:.4f}  best {float(self.state.best_score):.4f}"
+                      f"@{int(self.state.best_epoch)}  {time.time() - self.started:.0f}s",
+                      flush=True)
+            patience = self.hparams.early_stopping_patience
+            if patience and self.validations_without_gain >= patience:
+                self.model.stop_training = True
+        self.history.append(record)
+        self.state.epoch.assign(done)
+        if self.last_manager:
+            self.last_manager.save(checkpoint_number=done)
+
+
+def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHParams(), *,
+                strategy: str | tf.distribute.Strategy = "default", log_dir: str | None = None,
+                checkpoint_dir: str | None = None, verbose: int = 1) -> TrainResult:
+    """Trains on `train` (a Split-like object with image, text, label), selects on `val`."""
+    keras.utils.set_random_seed(hparams.seed)
+    if isinstance(strategy, str):
+        strategy = make_strategy(strategy)
+    steps = steps_per_epoch(len(train.label), hparams.batch_size)
+    with strategy.scope():
+        model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
+        model.compile(steps_per_epoch=steps)
+    state = _TrainingState()
+    selection = ValidationSelection(val, hparams, hparams.epochs, state, checkpoint_dir,
+                                    verbose)
+    selection.attach_checkpoints(model)
+    resumed = selection.restore(model)
+    if resumed and verbose:
+        print(f"resumed from checkpoint at epoch {resumed}/{hparams.epochs}", flush=True)
+    callbacks = [selection]
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
+    if resumed < hparams.epochs:
+        batches = class_balanced_batches(train.image, train.text, train.label,
+                                         hparams.batch_size, seed=hparams.seed,
+                                         start_batch=resumed * steps)
+        model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+    best_val: dict[str, float] = {}
+    if selection.best_weights is not None:
+        model.set_weights(selection.best_weights)
+    if val is not None:
+        from models.metrics import retrieval_report
+
+        best_val = retrieval_report(*embed(model, val.image, val.text), val.label)
+    return TrainResult(model=model, history=selection.history,
+                       best_epoch=int(state.best_epoch.numpy()) or hparams.epochs,
+                       best_val=best_val, resumed_from_epoch=resumed, strategy=strategy)
