@@ -79,7 +79,7 @@ class CMGAN(keras.Model):
                 hp.learning_rate, decay_steps=hp.lr_halving_epochs * steps_per_epoch
                 * updates_per_iteration, decay_rate=0.5, staircase=True)
             return keras.optimizers.Adam(schedule, beta_1=hp.beta_1, beta_2=hp.beta_2,
-                                         name=name)
+                                         weight_decay=hp.weight_decay or None, name=name)
 
         self.discriminator_optimizers = {
             d: adam(1, f"{d}_discriminator_adam") for d in DISCRIMINATORS}
@@ -138,10 +138,10 @@ class CMGAN(keras.Model):
         common = generator.encode(own, training=True)
         reconstruction = generator.decode(common, training=True)
         semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            batch["label"], generator.classify(common))
+            batch["label"], generator.classify(common, training=True))
         adversarial = _bce(inter(common, other, training=True), 1.0) + _bce(
             intra(reconstruction), 1.0)
-        return adversarial + semantic, semantic
+        return adversarial + self.hparams.semantic_weight * semantic, semantic
 
     def train_step(self, batch):
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)

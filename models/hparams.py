@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 WRONG_PAIRS = ("mismatched", "matched")
+SEMANTIC_CLASSIFIERS = ("dense", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,16 +16,27 @@ class CMGANHParams:
     hidden_dim: int = 1024  # encoder-1 and decoder hidden width
     inter_disc_hidden: int = 512
     leaky_relu_slope: float = 0.2
+    # Regularisation the paper does not use (0 = off); useful on small, weak-feature sets.
+    input_dropout: float = 0.0  # on each modality's input feature, before encoder 1
+    dropout: float = 0.0  # after encoder 1 and before the semantic classifier
     shared_encoder: bool = True  # False unties encoder 2 (ablation)
     # GAN-CLS "wrong" fake of the inter-modality discriminators: "mismatched" feeds
     # (E_I(x'), x) -- another class's common representation with the own feature, the
     # GAN-CLS intent; "matched" feeds (E_I(x'), x') as the authors' Torch code does.
     wrong_pair: str = "mismatched"
+    # Semantic classifier on the common representation. "dense": Dense -> softmax per
+    # modality (the paper). "cosine": logits = cosine_scale * cos(w_c, z), which makes the
+    # class geometry angular, i.e. the geometry cosine retrieval ranks by.
+    semantic_classifier: str = "dense"
+    cosine_scale: float = 10.0
+    shared_classifier: bool = False  # one class-weight matrix for both modalities
+    semantic_weight: float = 1.0  # weight of the softmax loss in each generator loss
     # Optimisation (Adam for all six optimizers).
     learning_rate: float = 1e-3
     beta_1: float = 0.5
     beta_2: float = 0.999
     lr_halving_epochs: int = 100
+    weight_decay: float = 0.0  # decoupled (AdamW-style); the paper uses none
     batch_size: int = 64  # global batch, class-balanced
     generator_steps: int = 5  # per iteration: 1 step per discriminator, then 5 x (G_I, G_T)
     epochs: int = 2000  # as the authors' release; select the epoch on validation
@@ -37,6 +49,9 @@ class CMGANHParams:
     def __post_init__(self):
         if self.wrong_pair not in WRONG_PAIRS:
             raise ValueError(f"wrong_pair must be one of {WRONG_PAIRS}, got {self.wrong_pair!r}")
+        if self.semantic_classifier not in SEMANTIC_CLASSIFIERS:
+            raise ValueError(f"semantic_classifier must be one of {SEMANTIC_CLASSIFIERS}, "
+                             f"got {self.semantic_classifier!r}")
         for name in ("common_dim", "hidden_dim", "inter_disc_hidden", "batch_size",
                      "generator_steps", "epochs", "lr_halving_epochs", "validate_every"):
             if getattr(self, name) <= 0:
@@ -67,3 +82,16 @@ class CMGANHParams:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# Per-dataset settings that differ from the paper's, each chosen on that dataset's
+# validation split (never test); see README "Results".
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {"epochs": 30, "validate_every": 5},
+    "wikipedia": {"epochs": 100, "validate_every": 5},
+}
+
+
+def hparams_for_dataset(dataset: str, overrides: dict[str, Any] | None = None) -> CMGANHParams:
+    """Paper defaults, then the dataset's preset, then explicit overrides."""
+    return CMGANHParams.from_dict({**DATASET_PRESETS.get(dataset, {}), **(overrides or {})})

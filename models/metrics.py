@@ -252,3 +252,25 @@ def pr_curves(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.ndarray,
         curves[task] = _precision_recall(*_cosine_of(queries, gallery), query_labels,
                                          gallery_labels, exclude, num_points)
     return curves
+
+
+MAP_COLUMNS = ("i2t", "t2i", "mean", "all_modal")
+
+
+def metrics_document(dataset: str, split: str, methods: dict[str, dict[str, float]],
+                     **extra) -> dict:
+    """The metrics JSON every command writes: MAP@all per method on one split."""
+    return {"dataset": dataset, "split": split,
+            "methods": {name: {k: float(report[k]) for k in MAP_COLUMNS}
+                        for name, report in methods.items()}, **extra}
+
+
+def format_map_table(methods: dict[str, dict[str, float]], title: str = "",
+                     columns: Sequence[str] = MAP_COLUMNS + ("mean@50",)) -> str:
+    """Methods side by side (rows) on the same split; missing columns print as '-'."""
+    header = f"{'method':<16}" + "".join(f"{c:>11}" for c in columns)
+    rows = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
+    for name, report in methods.items():
+        rows.append(f"{name:<16}" + "".join(
+            f"{report[c]:>11.4f}" if c in report else f"{'-':>11}" for c in columns))
+    return "\n".join(rows)

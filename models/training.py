@@ -46,6 +46,12 @@ def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
     return run(model.encode_image, image), run(model.encode_text, text)
 
 
+def _copy_weights(model: keras.Model) -> list[np.ndarray]:
+    """Owned copies: arrays from get_weights() can alias variable buffers that the
+    optimizers later update in place, which silently turns "best" into "latest"."""
+    return [np.array(w, copy=True) for w in model.get_weights()]
+
+
 class _TrainingState(tf.Module):
     """What a resumed run needs beyond weights: the epoch and the best validation so far."""
 
@@ -91,7 +97,7 @@ class ValidationSelection(keras.callbacks.Callback):
         if self.best_manager.latest_checkpoint:
             self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint
                                                  ).expect_partial()
-            self.best_weights = model.get_weights()
+            self.best_weights = _copy_weights(model)
         self.last_manager.checkpoint.restore(self.last_manager.latest_checkpoint
                                              ).assert_existing_objects_matched()
         epoch = int(self.state.epoch.numpy())
@@ -116,7 +122,7 @@ class ValidationSelection(keras.callbacks.Callback):
             if score > float(self.state.best_score.numpy()):
                 self.state.best_score.assign(score)
                 self.state.best_epoch.assign(done)
-                self.best_weights = self.model.get_weights()
+                self.best_weights = _copy_weights(self.model)
                 self.validations_without_gain = 0
                 if self.best_manager:
                     self.best_manager.save(checkpoint_number=done)

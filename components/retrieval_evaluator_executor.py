@@ -1,0 +1,157 @@
+"""Executor of RetrievalEvaluator (see components/retrieval_evaluator.py for the contract).
+
+Models are scored through their exported serving signatures on RAW examples, exactly as TF
+Serving would run them, so the candidate and an older baseline model (with its own Transform
+graph inside) are compared fairly. CCA and the classifier baseline are fitted on the
+transformed train split, tuned on val, and scored on the same transformed splits.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
+
+from components.datasets import SPLITS, FeatureDataset, Split
+from components.datasets.types import default_class_names
+from models.baselines import baseline_embeddings, fit_baselines
+from models.metrics import retrieval_report
+from models.preprocessing import (IMAGE_KEY, TEXT_KEY, num_classes_from_schema, read_split,
+                                  split_files)
+
+EVALUATION_FILE = "retrieval_metrics.json"
+EVAL_SPLITS = ("val", "test")
+SELECTION_SPLIT, SELECTION_METRIC = "val", "mean"
+BATCH_SIZE = 1024
+
+
+def blessing_decision(candidate: float, baseline: float | None, threshold: float,
+                      margin: float) -> tuple[bool, str]:
+    """(blessed, reason) from validation mean MAPs of the candidate and the baseline model."""
+    if candidate < threshold:
+        return False, (f"NOT blessed: validation mean MAP {candidate:.4f} is below the threshold "
+                       f"{threshold:.4f}")
+    if baseline is not None and candidate < baseline - margin:
+        return False, (f"NOT blessed: validation mean MAP {candidate:.4f} is worse than the "
+                       f"baseline model's {baseline:.4f} by more than the margin {margin:.4f}")
+    versus = ("no blessed baseline model yet" if baseline is None else
+              f"baseline model {baseline:.4f}, margin {margin:.4f}")
+    return True, (f"blessed: validation mean MAP {candidate:.4f} >= threshold {threshold:.4f}; "
+                  f"{versus}")
+
+
+def embed_with_saved_model(model_dir: str, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings from the exported ``encode_image``/``encode_text`` signatures."""
+    loaded = tf.saved_model.load(model_dir)
+
+    def run(signature: str, key: str, features: np.ndarray) -> np.ndarray:
+        fn = loaded.signatures[signature]
+        expected = fn.structured_input_signature[1][key].shape[-1]
+        if expected != features.shape[1]:
+            raise ValueError(f"model {model_dir} expects {key} of dimension {expected}, the "
+                             f"examples have {features.shape[1]}")
+        return np.concatenate([fn(**{key: tf.constant(features[i:i + BATCH_SIZE])})["embedding"]
+                               .numpy() for i in range(0, len(features), BATCH_SIZE)])
+
+    return run("encode_image", IMAGE_KEY, split.image), run("encode_text", TEXT_KEY, split.text)
+
+
+def evaluate_saved_model(model_dir: str, splits: dict[str, Split]) -> dict[str, dict]:
+    return {name: retrieval_report(*embed_with_saved_model(model_dir, split), split.label)
+            for name, split in splits.items()}
+
+
+def evaluate_feature_baselines(transformed: dict[str, Split], num_classes: int,
+                               seed: int) -> dict[str, dict[str, dict]]:
+    """CCA and classifier reports on the eval splits, fitted on train and tuned on val."""
+    dataset = FeatureDataset("transformed", transformed, default_class_names(num_classes))
+    return {name: {split: retrieval_report(*baseline_embeddings(model, transformed[split]),
+                                           transformed[split].label)
+                   for split in EVAL_SPLITS}
+            for name, model in fit_baselines(dataset, seed).items()}
+
+
+class Executor(base_executor.BaseExecutor):
+    """Writes the MAP table (ModelEvaluation) and the blessing (ModelBlessing)."""
+
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list],
+           exec_properties: dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        get = artifact_utils.get_single_instance
+        examples, transformed_examples = get(input_dict["examples"]), get(
+            input_dict["transformed_examples"])
+        model = get(input_dict["model"])
+        tf_transform_output = tft.TFTransformOutput(get(input_dict["transform_graph"]).uri)
+        raw = {s: read_split(split_files(examples.uri, s), tf_transform_output.raw_feature_spec())
+               for s in EVAL_SPLITS}
+        transformed = {s: read_split(split_files(transformed_examples.uri, s),
+                                     tf_transform_output.transformed_feature_spec())
+                       for s in SPLITS}
+
+        methods = {"cmgan": evaluate_saved_model(_serving_dir(model), raw)}
+        baseline_model = (input_dict.get("baseline_model") or [None])[0]
+        baseline_note = None
+        if baseline_model is not None:
+            try:
+                methods["baseline_model"] = evaluate_saved_model(_serving_dir(baseline_model), raw)
+            except (ValueError, KeyError) as error:  # e.g. trained on features of another size
+                baseline_note = f"baseline model {baseline_model.uri} not compared: {error}"
+                logging.warning(baseline_note)
+        methods.update(evaluate_feature_baselines(
+            transformed, num_classes_from_schema(tf_transform_output.raw_metadata.schema),
+            int(exec_properties.get("seed", 0))))
+
+        baseline_score = methods.get("baseline_model", {}).get(SELECTION_SPLIT, {}).get(
+            SELECTION_METRIC)
+        blessed, reason = blessing_decision(
+            methods["cmgan"][SELECTION_SPLIT][SELECTION_METRIC], baseline_score,
+            float(exec_properties["map_threshold"]), float(exec_properties["map_margin"]))
+        if baseline_note:
+            reason += f" ({baseline_note})"
+        logging.info("RetrievalEvaluator: %s", reason)
+
+        evaluation = get(output_dict["evaluation"])
+        result = {
+            "blessed": blessed, "reason": reason,
+            "map_threshold": float(exec_properties["map_threshold"]),
+            "map_margin": float(exec_properties["map_margin"]),
+            "selection": f"{SELECTION_SPLIT} {SELECTION_METRIC} MAP@all",
+            "candidate_model": model.uri,
+            "baseline_model": baseline_model.uri if baseline_model is not None else None,
+            "methods": methods,
+        }
+        io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
+                                   json.dumps(result, indent=2, sort_keys=True))
+        for split in EVAL_SPLITS:
+            evaluation.set_float_custom_property(f"{split}_mean_map",
+                                                 methods["cmgan"][split]["mean"])
+        self._write_blessing(get(output_dict["blessing"]), blessed, reason, model, baseline_model)
+
+    @staticmethod
+    def _write_blessing(blessing, blessed: bool, reason: str, model, baseline_model) -> None:
+        """As TFX's Evaluator does, so Pusher and LatestBlessedModelStrategy understand it."""
+        c = evaluator_constants
+        blessing.set_string_custom_property(c.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+        blessing.set_int_custom_property(c.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+        if baseline_model is not None:
+            blessing.set_string_custom_property(c.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY,
+                                                baseline_model.uri)
+            blessing.set_int_custom_property(c.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY,
+                                             baseline_model.id)
+        blessing.set_string_custom_property(c.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+        marker = c.BLESSED_FILE_NAME if blessed else c.NOT_BLESSED_FILE_NAME
+        io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+        blessing.set_int_custom_property(c.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                         c.BLESSED_VALUE if blessed else c.NOT_BLESSED_VALUE)
+
+
+def _serving_dir(model) -> str:
+    return path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))

@@ -1,0 +1,110 @@
+"""TFX Trainer entry point (GenericExecutor): ``run_fn='models.trainer.run_fn'``.
+
+Reads the transformed train/val splits into memory, trains CM-GAN with ``models.training``,
+and exports the serving model (``models.export``). Checkpoints live in a STABLE folder,
+``<checkpoint_root>/<fingerprint>``, keyed by the input artifacts and the hyperparameters, so a
+Trainer killed mid-training resumes from its last epoch when the pipeline is run again (the
+re-run's cached upstream components hand it the same input artifacts).
+
+custom_config keys: ``hparams`` (dict for CMGANHParams.from_dict), ``strategy``
+(default | mirrored | multi_worker), ``checkpoint_root`` (folder; no checkpoints when empty).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models.export import export_serving_model
+from models.hparams import CMGANHParams
+from models.metrics import l2_normalise
+from models.preprocessing import num_classes_from_schema, read_split
+from models.training import embed, train_cmgan
+
+TRAINING_REPORT = "training_report.json"
+REFERENCE_EMBEDDINGS = "reference_embeddings.npz"
+NUM_REFERENCE_EXAMPLES = 32
+
+
+def checkpoint_fingerprint(fn_args, hparams: CMGANHParams, strategy: str) -> str:
+    """Same inputs + same hyperparameters -> same folder; anything else starts fresh."""
+    key = json.dumps({
+        "train_files": sorted(fn_args.train_files),
+        "eval_files": sorted(fn_args.eval_files),
+        "transform_output": fn_args.transform_output,
+        "hparams": hparams.to_dict(),
+        "strategy": strategy,
+    }, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _is_chief() -> bool:
+    """Under MultiWorkerMirroredStrategy only the chief writes the real model."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = cluster.get("task", {})
+    return task.get("type", "chief") == "chief" or (
+        task.get("type") == "worker" and task.get("index", 0) == 0
+        and "chief" not in cluster.get("cluster", {}))
+
+
+def run_fn(fn_args) -> None:
+    """Trains, exports to fn_args.serving_model_dir, writes a report to fn_args.model_run_dir."""
+    config: dict[str, Any] = dict(fn_args.custom_config or {})
+    hparams = CMGANHParams.from_dict(config.get("hparams"))
+    strategy = config.get("strategy", "default")
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    train = read_split(fn_args.train_files, feature_spec)
+    val = read_split(fn_args.eval_files, feature_spec)
+    num_classes = num_classes_from_schema(tf_transform_output.raw_metadata.schema)
+
+    checkpoint_dir = None
+    if config.get("checkpoint_root"):
+        checkpoint_dir = os.path.join(config["checkpoint_root"],
+                                      checkpoint_fingerprint(fn_args, hparams, strategy))
+    result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
+                         log_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir)
+
+    chief = _is_chief()
+    export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
+    export_serving_model(result.model, tf_transform_output, export_dir)
+    if not chief:
+        return
+    _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes)
+    _write_reference_embeddings(fn_args.model_run_dir, result.model, val)
+
+
+def _write_report(run_dir: str, result, hparams: CMGANHParams, strategy: str,
+                  checkpoint_dir: str | None, num_classes: int) -> None:
+    report = {
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_val,
+        "epochs": hparams.epochs,
+        "num_classes": num_classes,
+        "strategy": strategy,
+        "checkpoint_dir": checkpoint_dir,
+        "hparams": hparams.to_dict(),
+        "history": result.history,
+    }
+    tf.io.gfile.makedirs(run_dir)
+    with tf.io.gfile.GFile(os.path.join(run_dir, TRAINING_REPORT), "w") as f:
+        json.dump(report, f, indent=2, default=float)
+
+
+def _write_reference_embeddings(run_dir: str, model, val) -> None:
+    """A few val embeddings straight from the Keras model, to check the exported graph against."""
+    n = min(NUM_REFERENCE_EXAMPLES, len(val))
+    image_emb, text_emb = embed(model, val.image[:n], val.text[:n])
+    buffer = io.BytesIO()  # np.savez needs a seekable file; GFile (e.g. gs://) is not
+    np.savez(buffer, ids=val.ids[:n], image_embedding=l2_normalise(image_emb),
+             text_embedding=l2_normalise(text_emb))
+    with tf.io.gfile.GFile(os.path.join(run_dir, REFERENCE_EMBEDDINGS), "wb") as f:
+        f.write(buffer.getvalue())

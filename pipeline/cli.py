@@ -1,0 +1,32 @@
+"""`cmgan`: the console script. Each subcommand lives in its own module."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline import run_command, train_command
+
+    parser = argparse.ArgumentParser(
+        prog="cmgan",
+        description="Cross-modal image<->text retrieval with CM-GANs: a TFX pipeline whose "
+                    "SavedModel encoders are served by TF Serving.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_command.register(subparsers)
+    train_command.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

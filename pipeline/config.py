@@ -1,0 +1,168 @@
+"""Typed pipeline configuration: defaults here, a plain JSON file on top, then command-line flags.
+
+A config file mirrors the dataclasses (every key optional)::
+
+    {"pipeline_name": "cmgan-wikipedia",
+     "data": {"dataset": "wikipedia", "data_dir": "/data/wikipedia"},
+     "training": {"hparams": {"epochs": 200}, "strategy": "mirrored"},
+     "evaluation": {"map_threshold": 0.4, "map_margin": 0.01},
+     "beam_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+from components.datasets import DATASET_NAMES
+from models.distribute import STRATEGIES
+from models.hparams import CMGANHParams, hparams_for_dataset
+
+# "examples": a folder with train/, val/, test/ of tf.Example TFRecords (ImportExampleGen).
+DATASETS = (*DATASET_NAMES, "examples")
+DEFAULT_IMAGE = "cmgan-tfx:latest"  # Kubeflow: an image with this project installed
+DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "demo"
+    data_dir: Optional[str] = None
+    seed: int = 0  # demo data, Wikipedia's validation split, and the baselines
+    val_fraction: float = 0.15  # Wikipedia only: validation carved from train
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset != "demo" and not self.data_dir:
+            raise ValueError(f"dataset {self.dataset!r} needs data_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    # Overrides of the dataset's preset (models.hparams.hparams_for_dataset) for CMGANHParams.
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    strategy: str = "default"
+
+    def __post_init__(self):
+        CMGANHParams.from_dict(dict(self.hparams))  # unknown or invalid values fail here, early
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    map_threshold: float = 0.0  # validation mean MAP the candidate must reach to be pushed
+    map_margin: float = 0.01  # how far below the last blessed model it may fall
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    # Empty values are derived by resolved(): pipeline_name cmgan-<dataset>, pipeline_root
+    # ./runs/<pipeline_name>, metadata_path <pipeline_root>/metadata.sqlite.
+    pipeline_name: str = ""
+    pipeline_root: str = ""
+    serving_root: str = "serving_models"
+    model_name: str = "cmgan"
+    metadata_path: str = ""
+    beam_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
+    enable_cache: bool = True
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+    def __post_init__(self):
+        if self.pipeline_name and not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
+            raise ValueError(f"pipeline name {self.pipeline_name!r} must match "
+                             "[a-z0-9][a-z0-9-]{0,127}")
+        object.__setattr__(self, "beam_args", tuple(self.beam_args))
+
+    def resolved(self) -> "PipelineConfig":
+        """A copy with derived defaults filled in and local paths made absolute."""
+        name = self.pipeline_name or f"cmgan-{self.data.dataset}"
+        root = _absolute(self.pipeline_root or os.path.join("runs", name))
+        data_dir = _absolute(self.data.data_dir) if self.data.data_dir else None
+        return dataclasses.replace(
+            self, pipeline_name=name, pipeline_root=root,
+            serving_root=_absolute(self.serving_root),
+            metadata_path=_absolute(self.metadata_path or os.path.join(root, "metadata.sqlite")),
+            data=dataclasses.replace(self.data, data_dir=data_dir))
+
+    def cmgan_hparams(self) -> CMGANHParams:
+        """Paper defaults, then the dataset's preset, then the configured overrides."""
+        return hparams_for_dataset(self.data.dataset, dict(self.training.hparams))
+
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.join(self.pipeline_root, "checkpoints")
+
+    @property
+    def push_directory(self) -> str:
+        """TF Serving's model base path: versions are written below it."""
+        return os.path.join(self.serving_root, self.model_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["beam_args"] = list(self.beam_args)
+        values["training"]["hparams"] = dict(self.training.hparams)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """Unknown keys are errors, so a typo in a config file never goes unnoticed."""
+        values = dict(values)
+        _reject_unknown(cls, values, "config")
+        sections = {"data": DataConfig, "training": TrainingConfig,
+                    "evaluation": EvaluationConfig}
+        for key, section in sections.items():
+            if key in values:
+                _reject_unknown(section, values[key], f"config section '{key}'")
+                values[key] = section(**values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "PipelineConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def with_overrides(self, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                       hparams: Optional[Mapping[str, Any]] = None,
+                       beam_args: Optional[Sequence[str]] = None, **fields: Any
+                       ) -> "PipelineConfig":
+        """A copy with flag values applied; ``None`` leaves a value as configured.
+
+        ``hparams`` are merged into the configured ones; ``strategy``, ``map_threshold`` and
+        ``map_margin`` go to their sections; the rest are PipelineConfig fields. Derived paths
+        (pipeline_root, metadata_path) follow a changed pipeline name unless configured, as
+        they are only filled in by ``resolved()``.
+        """
+        fields = {k: v for k, v in fields.items() if v is not None}
+        data = dataclasses.replace(self.data, **{k: v for k, v in
+                                                 (("dataset", dataset), ("data_dir", data_dir))
+                                                 if v is not None})
+        training = dataclasses.replace(
+            self.training, hparams={**self.training.hparams, **(hparams or {})},
+            **({"strategy": fields.pop("strategy")} if "strategy" in fields else {}))
+        evaluation = dataclasses.replace(
+            self.evaluation, **{k: fields.pop(k) for k in ("map_threshold", "map_margin")
+                                if k in fields})
+        if beam_args is not None:
+            fields["beam_args"] = tuple(beam_args)
+        return dataclasses.replace(self, data=data, training=training, evaluation=evaluation,
+                                   **fields)
+
+
+def _absolute(path: str) -> str:
+    """Local paths become absolute (components may run elsewhere); URIs stay as they are."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _reject_unknown(cls, values: Mapping[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} keys: {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(known))}")

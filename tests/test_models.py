@@ -1,0 +1,179 @@
+"""CM-GAN model structure, schedule, sampling, checkpoint resume and distribution."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.datasets import make_demo_dataset
+from models.cmgan import CMGAN, LOSS_NAMES
+from models.experiment import standardise
+from models.hparams import CMGANHParams, hparams_for_dataset
+from models.sampling import class_balanced_batches, steps_per_epoch
+from models.training import embed, train_cmgan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = CMGANHParams(epochs=2, hidden_dim=32, common_dim=24, inter_disc_hidden=16,
+                    batch_size=16, validate_every=1)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return standardise(make_demo_dataset(seed=0, num_classes=4, train_per_class=30,
+                                         val_per_class=10, test_per_class=10))
+
+
+def test_hparams_defaults_are_the_papers():
+    hp = CMGANHParams()
+    assert (hp.common_dim, hp.hidden_dim, hp.inter_disc_hidden) == (1024, 1024, 512)
+    assert (hp.learning_rate, hp.beta_1, hp.beta_2) == (1e-3, 0.5, 0.999)
+    assert (hp.batch_size, hp.generator_steps, hp.lr_halving_epochs) == (64, 5, 100)
+    assert hp.leaky_relu_slope == 0.2 and hp.shared_encoder
+
+
+def test_hparams_overrides_and_errors():
+    hp = CMGANHParams.from_dict({"epochs": "7", "shared_encoder": "false", "learning_rate": "2e-4"})
+    assert hp.epochs == 7 and hp.shared_encoder is False and hp.learning_rate == 2e-4
+    assert CMGANHParams.from_dict(hp.to_dict()) == hp
+    with pytest.raises(ValueError, match="unknown CM-GAN hyperparameters: epoch"):
+        CMGANHParams.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="wrong_pair"):
+        CMGANHParams(wrong_pair="other")
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        CMGANHParams(batch_size=0)
+    assert hparams_for_dataset("wikipedia", {"epochs": 3}).epochs == 3
+
+
+def test_encoder_two_is_one_shared_layer():
+    model = CMGAN(20, 10, 3, TINY)
+    assert model.image_generator.shared_encoder is model.text_generator.shared_encoder
+    shared = {id(v) for v in model.image_generator.shared_encoder.trainable_variables}
+    assert shared <= {id(v) for v in model.text_generator.trainable_variables}
+    # Own encoder, decoder and classifier are per modality.
+    assert model.image_generator.own_encoder is not model.text_generator.own_encoder
+    x = tf.random.normal([5, 20])
+    out = model.image_generator(x)
+    assert out["common"].shape == (5, 24) and out["reconstruction"].shape == (5, 20)
+    assert out["class_logits"].shape == (5, 3)
+    assert model.text_generator(tf.random.normal([5, 10]))["reconstruction"].shape == (5, 10)
+
+
+def test_untied_ablation_starts_from_one_initialisation():
+    model = CMGAN(20, 10, 3, TINY.replace(shared_encoder=False))
+    image_shared = model.image_generator.shared_encoder
+    text_shared = model.text_generator.shared_encoder
+    assert image_shared is not text_shared
+    for a, b in zip(image_shared.get_weights(), text_shared.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_discriminator_inputs():
+    model = CMGAN(20, 10, 3, TINY)
+    common = tf.random.normal([4, 24])
+    assert model.intra_image_discriminator(tf.random.normal([4, 20])).shape == (4, 1)
+    assert model.inter_image_discriminator(common, tf.random.normal([4, 20])).shape == (4, 1)
+    assert model.inter_text_discriminator(common, tf.random.normal([4, 10])).shape == (4, 1)
+    # concat[common (24), own feature (20)] -> hidden 16 -> 1
+    assert model.inter_image_discriminator.hidden.dense.kernel.shape == (44, 16)
+
+
+def test_class_balanced_batches_with_wrong_pairs_from_other_classes():
+    labels = np.repeat(np.arange(4), [5, 50, 100, 10])  # imbalanced on purpose
+    image = np.arange(len(labels), dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    text = -image[:, :2]
+    batches = class_balanced_batches(image, text, labels, batch_size=64, seed=3)
+    drawn, wrong = [], []
+    for batch in batches.take(60):
+        idx = batch["image"].numpy()[:, 0].astype(int)
+        assert np.array_equal(labels[idx], batch["label"].numpy())  # pairs stay matched
+        assert np.array_equal(batch["text"].numpy()[:, 0], -idx)
+        widx = batch["wrong_image"].numpy()[:, 0].astype(int)
+        assert np.array_equal(labels[widx], batch["wrong_label"].numpy())
+        drawn.append(batch["label"].numpy())
+        wrong.append(batch["wrong_label"].numpy())
+    drawn, wrong = np.concatenate(drawn), np.concatenate(wrong)
+    assert np.all(drawn != wrong)
+    counts = np.bincount(drawn, minlength=4) / len(drawn)
+    np.testing.assert_allclose(counts, 0.25, atol=0.03)  # balanced despite 5 vs 100
+    again = next(iter(class_balanced_batches(image, text, labels, 64, seed=3)))
+    first = next(iter(batches))
+    np.testing.assert_array_equal(again["image"], first["image"])  # seeded
+    assert steps_per_epoch(65, 64) == 2 == math.ceil(65 / 64)
+
+
+def test_train_step_schedule_and_finite_losses(demo):
+    train = demo.splits["train"]
+    result = train_cmgan(train, demo.splits["val"], demo.num_classes, TINY, verbose=0)
+    model = result.model
+    steps = steps_per_epoch(len(train), TINY.batch_size)
+    iterations = TINY.epochs * steps
+    for d in model.discriminator_optimizers.values():
+        assert int(d.iterations.numpy()) == iterations  # one step per discriminator
+    for g in model.generator_optimizers.values():
+        assert int(g.iterations.numpy()) == iterations * TINY.generator_steps  # 5 x (G_I, G_T)
+    assert len(result.history) == TINY.epochs
+    for record in result.history:
+        for name in LOSS_NAMES:
+            assert math.isfinite(record[name]), name
+    assert set(result.best_val) >= {"i2t", "t2i", "mean", "all_modal"}
+    assert 1 <= result.best_epoch <= TINY.epochs
+
+
+def test_learning_rate_halves_every_lr_halving_epochs():
+    model = CMGAN(20, 10, 3, TINY.replace(lr_halving_epochs=2))
+    model.compile(steps_per_epoch=3)
+    d_lr = model.discriminator_optimizers["intra_image"].learning_rate  # schedule
+    g_lr = model.generator_optimizers["image"].learning_rate
+    schedule_d = model.discriminator_optimizers["intra_image"]._learning_rate
+    schedule_g = model.generator_optimizers["image"]._learning_rate
+    assert float(schedule_d(0)) == pytest.approx(1e-3)
+    assert float(schedule_d(6)) == pytest.approx(5e-4)  # 2 epochs x 3 steps
+    assert float(schedule_g(6 * 5 - 1)) == pytest.approx(1e-3)  # G steps 5x per iteration
+    assert float(schedule_g(6 * 5)) == pytest.approx(5e-4)
+    assert float(d_lr) == pytest.approx(1e-3) and float(g_lr) == pytest.approx(1e-3)
+
+
+def test_training_learns_and_embeddings_are_deterministic(demo):
+    hp = TINY.replace(epochs=8, validate_every=4)
+    result = train_cmgan(demo.splits["train"], demo.splits["val"], demo.num_classes, hp,
+                         verbose=0)
+    assert result.best_val["mean"] > 0.45  # chance is ~0.25 with 4 balanced classes
+    test = demo.splits["test"]
+    a = embed(result.model, test.image, test.text)
+    b = embed(result.model, test.image, test.text)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (len(test), hp.common_dim)
+
+
+def test_resume_from_checkpoint_continues_epochs(demo, tmp_path):
+    train, val = demo.splits["train"], demo.splits["val"]
+    first = train_cmgan(train, val, demo.num_classes, TINY.replace(epochs=2),
+                        checkpoint_dir=str(tmp_path), verbose=0)
+    assert first.resumed_from_epoch == 0
+    resumed = train_cmgan(train, val, demo.num_classes, TINY.replace(epochs=4),
+                          checkpoint_dir=str(tmp_path), verbose=0)
+    assert resumed.resumed_from_epoch == 2
+    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    steps = steps_per_epoch(len(train), TINY.batch_size)
+    opt = resumed.model.discriminator_optimizers["inter_image"]
+    assert int(opt.iterations.numpy()) == 4 * steps  # optimizer state restored, not reset
+
+
+def test_mirrored_strategy_two_replicas_stay_equal():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts",
+                                                       "mirrored_training.py")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["replicas"] == 2
+    assert report["mirrored_variables"] == report["total_variables"] > 0
+    assert report["mismatched"] == []  # weights and BatchNorm statistics identical
+    assert all(n == 2 for n in report["optimizer_variable_replicas"])
+    for record in report["history"]:
+        for name in LOSS_NAMES:
+            assert math.isfinite(record[name]), name
+    assert report["val"]["mean"] > 0.0

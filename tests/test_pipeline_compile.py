@@ -1,0 +1,94 @@
+"""Kubeflow V2 compilation, the pure pipeline definition, and configuration handling (fast)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from pipeline import run_command
+from pipeline.config import DEFAULT_BEAM_ARGS, PipelineConfig
+from pipeline.pipeline import create_pipeline_from_config
+
+COMPONENTS = ("FeatureExampleGen", "StatisticsGen", "SchemaGen", "SchemaCurator",
+              "ExampleValidator", "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator",
+              "Pusher")
+PROJECT_EXECUTORS = {
+    "FeatureExampleGen": "components.feature_example_gen.Executor",
+    "SchemaCurator": "components.schema_curator.SchemaCurator_Executor",
+    "AnomaliesGate": "components.anomalies_gate.AnomaliesGate_Executor",
+    "RetrievalEvaluator": "components.retrieval_evaluator_executor.Executor",
+}
+
+
+def test_compile_writes_a_kubeflow_v2_spec_with_every_component(tiny_feature_dir, tmp_path):
+    output = tmp_path / "spec" / "pipeline.json"
+    output.parent.mkdir()
+    code = run_command.main([
+        "compile", "--dataset", "features", "--data-dir", str(tiny_feature_dir),
+        "--pipeline-root", str(tmp_path / "root"), "--output", str(output),
+        "--image", "registry.example/cmgan:1.0", "--epochs", "7"])
+    assert code == 0
+    job = json.loads(output.read_text())
+    spec = job["pipelineSpec"]
+    assert spec["pipelineInfo"]["name"] == "cmgan-features"
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = spec["deploymentSpec"]["executors"]
+    for component in COMPONENTS:
+        assert component in tasks
+        container = executors[f"{component}_executor"]["container"]
+        assert container["image"] == "registry.example/cmgan:1.0"
+    assert any(t.startswith("latest_blessed_model_resolver") for t in tasks)
+    for component, executor_class in PROJECT_EXECUTORS.items():
+        args = executors[f"{component}_executor"]["container"]["args"]
+        assert args[args.index("--executor_class_path") + 1] == executor_class
+    trainer_config = json.dumps(tasks["Trainer"])
+    assert "models.trainer.run_fn" in trainer_config and '\\"epochs\\": 7' in trainer_config
+    assert "models.preprocessing.preprocessing_fn" in json.dumps(tasks["Transform"])
+
+
+def test_create_pipeline_is_pure_and_ordered(make_pipeline_config, tmp_path):
+    config = make_pipeline_config(tmp_path)
+    pipeline = create_pipeline_from_config(config)
+    ids = [c.id for c in pipeline.components]
+    assert [i for i in ids if i != "latest_blessed_model_resolver"] == list(COMPONENTS)
+    assert pipeline.beam_pipeline_args == list(DEFAULT_BEAM_ARGS)
+    assert not (tmp_path / "root").exists()  # building the pipeline touches no file
+
+
+def test_config_file_then_flags(tmp_path):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({
+        "data": {"dataset": "features", "data_dir": "data"},
+        "training": {"hparams": {"epochs": 5, "hidden_dim": 64}, "strategy": "mirrored"},
+        "evaluation": {"map_threshold": 0.3},
+        "beam_args": ["--direct_num_workers=2"]}))
+    parser = argparse.ArgumentParser()
+    run_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["run", "--config", str(config_file), "--epochs", "9",
+                              "--hparam", "common_dim=48", "--map-margin", "0.05",
+                              "--beam-arg=--direct_running_mode=in_memory"])
+    assert args.func is run_command.run
+    config = run_command.config_from_args(args)
+    assert config.pipeline_name == "cmgan-features"
+    assert config.pipeline_root.endswith("runs/cmgan-features")
+    assert config.metadata_path == f"{config.pipeline_root}/metadata.sqlite"
+    assert config.data.data_dir.endswith("/data") and config.data.data_dir.startswith("/")
+    hparams = config.cmgan_hparams()
+    assert (hparams.epochs, hparams.hidden_dim, hparams.common_dim) == (9, 64, 48)
+    assert config.training.strategy == "mirrored"
+    assert (config.evaluation.map_threshold, config.evaluation.map_margin) == (0.3, 0.05)
+    assert config.beam_args == ("--direct_running_mode=in_memory",)
+    assert config.push_directory.endswith("serving_models/cmgan")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"trainig": {}}, "unknown config keys: trainig"),
+    ({"training": {"hparams": {"epoch": 3}}}, "unknown CM-GAN hyperparameters: epoch"),
+    ({"training": {"strategy": "tpu"}}, "strategy must be one of"),
+    ({"data": {"dataset": "features"}}, "needs data_dir"),
+    ({"pipeline_name": "CM_GAN"}, "must match"),
+])
+def test_bad_configuration_fails_early(values, message):
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig.from_dict(values)
