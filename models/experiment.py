@@ -47,14 +47,16 @@ def train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, *,
     def cmgan_report(split: Split) -> dict[str, float]:
         return retrieval_report(*embed(result.model, split.image, split.text), split.label)
 
-    test_methods = {"cmgan": cmgan_report(test), **evaluate_baselines(dataset, "test")}
-    val_methods = {"cmgan": result.best_val, **evaluate_baselines(dataset, "val")}
+    methods = {"cmgan": {"val": result.best_val, "test": cmgan_report(test)}}
+    for split in ("val", "test"):
+        for name, report in evaluate_baselines(dataset, split).items():
+            methods.setdefault(name, {})[split] = report
     document = metrics_document(
-        dataset.name, "test", test_methods,
-        validation=metrics_document(dataset.name, "val", val_methods)["methods"],
+        dataset.name, methods, "test", validation=metrics_document(
+            dataset.name, methods, "val")["methods"],
         best_epoch=result.best_epoch, hparams=hparams.to_dict(),
         wall_time_s=round(time.time() - started, 1))
-    document["tables"] = {"test": test_methods, "val": val_methods}
+    document["tables"] = methods
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
@@ -64,8 +66,6 @@ def train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, *,
 
 
 def print_tables(document: dict[str, Any]) -> None:
-    name = document["dataset"]
-    for split in ("val", "test"):
-        print(format_map_table(document["tables"][split],
-                               title=f"\n{name} {split} MAP@all (epoch chosen on val: "
-                                     f"{document['best_epoch']})"))
+    print(f"\n{document['dataset']}: MAP@all, CM-GAN epoch chosen on val "
+          f"({document['best_epoch']})")
+    print(format_map_table(document["tables"]))

@@ -254,23 +254,28 @@ def pr_curves(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.ndarray,
     return curves
 
 
+
 MAP_COLUMNS = ("i2t", "t2i", "mean", "all_modal")
+METHOD_LABELS = {"cmgan": "CM-GAN (candidate)", "baseline_model": "last blessed model",
+                 "cca": "CCA", "classifier": "classifier"}
+COMPARED_METHODS = ("cmgan", "cca", "classifier")
 
 
-def metrics_document(dataset: str, split: str, methods: dict[str, dict[str, float]],
-                     **extra) -> dict:
-    """The metrics JSON every command writes: MAP@all per method on one split."""
+def metrics_document(dataset: str, methods: dict[str, dict[str, dict[str, float]]],
+                     split: str = "test", **extra) -> dict:
+    """The metrics JSON of `cmgan train` and `cmgan run`: MAP@all of CM-GAN and the
+    baselines on one split. `methods` maps method -> split -> retrieval_report."""
     return {"dataset": dataset, "split": split,
-            "methods": {name: {k: float(report[k]) for k in MAP_COLUMNS}
-                        for name, report in methods.items()}, **extra}
+            "methods": {name: {k: float(methods[name][split][k]) for k in MAP_COLUMNS}
+                        for name in COMPARED_METHODS if name in methods}, **extra}
 
 
-def format_map_table(methods: dict[str, dict[str, float]], title: str = "",
-                     columns: Sequence[str] = MAP_COLUMNS + ("mean@50",)) -> str:
-    """Methods side by side (rows) on the same split; missing columns print as '-'."""
-    header = f"{'method':<16}" + "".join(f"{c:>11}" for c in columns)
-    rows = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
-    for name, report in methods.items():
-        rows.append(f"{name:<16}" + "".join(
-            f"{report[c]:>11.4f}" if c in report else f"{'-':>11}" for c in columns))
-    return "\n".join(rows)
+def format_map_table(methods: dict[str, dict[str, dict[str, float]]]) -> str:
+    """MAP@all per method (rows: method x split); known methods first, val before test."""
+    order = [m for m in METHOD_LABELS if m in methods] + sorted(set(methods) - set(METHOD_LABELS))
+    lines = [f"{'method':<20} {'split':<5} " + " ".join(f"{m:>9}" for m in MAP_COLUMNS)]
+    for method in order:
+        for split in sorted(methods[method], key=lambda s: (s != "val", s != "test", s)):
+            values = " ".join(f"{methods[method][split][m]:>9.4f}" for m in MAP_COLUMNS)
+            lines.append(f"{METHOD_LABELS.get(method, method):<20} {split:<5} {values}")
+    return "\n".join(lines)

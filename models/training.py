@@ -155,9 +155,15 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
     steps = steps_per_epoch(len(train.label), hparams.batch_size)
+    # XLA compiles the whole distributed step for one device, which fails when replicas
+    # hold their variables on other devices; so XLA only with a single replica.
+    jit_compile = hparams.jit_compile and strategy.num_replicas_in_sync == 1
+    if hparams.jit_compile and not jit_compile:
+        log.warning("jit_compile ignored: XLA needs a single replica, strategy has %d",
+                    strategy.num_replicas_in_sync)
     with strategy.scope():
         model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
-        model.compile(steps_per_epoch=steps)
+        model.compile(steps_per_epoch=steps, jit_compile=jit_compile)
     state = _TrainingState()
     selection = ValidationSelection(val, hparams, hparams.epochs, state, checkpoint_dir,
                                     verbose)

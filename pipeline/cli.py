@@ -23,9 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # TFX logs whole ExecutionInfo protos at INFO; keep the console readable unless -v.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from components.datasets import DatasetError
+
+    try:
+        return args.func(args)
+    except DatasetError as error:  # bad input: say what and where, no traceback
+        print(f"cmgan: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from models.metrics import format_map_table, metrics_document
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline_from_config
 
 EVALUATOR_ID, PUSHER_ID = "RetrievalEvaluator", "Pusher"
 EVALUATION_FILE = "retrieval_metrics.json"
-METHOD_LABELS = {"cmgan": "CM-GAN (candidate)", "baseline_model": "last blessed model",
-                 "cca": "CCA", "classifier": "classifier"}
-TABLE_METRICS = ("i2t", "t2i", "mean", "all_modal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +52,9 @@ class RunResult:
 
     def metrics(self, split: str = "test") -> dict[str, Any]:
         """The metrics JSON of ``cmgan run --metrics-out``: one split, the comparable methods."""
-        methods = {name: {k: reports[split][k] for k in TABLE_METRICS}
-                   for name, reports in self.evaluation["methods"].items()
-                   if name in ("cmgan", "cca", "classifier")}
-        return {"dataset": self.config.data.dataset, "split": split, "methods": methods,
-                "blessed": self.blessed, "reason": self.reason,
-                "pushed_model": self.pushed_model}
-
-
-def format_map_table(methods: dict[str, dict[str, dict[str, float]]]) -> str:
-    """MAP@all per method and split; rows in a fixed order, unknown methods last."""
-    order = [m for m in METHOD_LABELS if m in methods] + sorted(set(methods) - set(METHOD_LABELS))
-    lines = [f"{'method':<20} {'split':<5} " + " ".join(f"{m:>9}" for m in TABLE_METRICS)]
-    for method in order:
-        splits = sorted(methods[method], key=lambda s: (s != "val", s != "test", s))
-        for split in splits:
-            report = methods[method][split]
-            values = " ".join(f"{report[m]:>9.4f}" for m in TABLE_METRICS)
-            lines.append(f"{METHOD_LABELS.get(method, method):<20} {split:<5} {values}")
-    return "\n".join(lines)
+        return metrics_document(self.config.data.dataset, self.evaluation["methods"], split,
+                                blessed=self.blessed, reason=self.reason,
+                                pushed_model=self.pushed_model)
 
 
 def metadata_connection(metadata_path: str) -> metadata_store_pb2.ConnectionConfig:

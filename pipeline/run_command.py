@@ -15,7 +15,7 @@ from models.distribute import STRATEGIES
 from pipeline.config import DATASETS, DEFAULT_IMAGE, PipelineConfig
 
 
-def _key_value(text: str) -> tuple[str, str]:
+def key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -34,7 +34,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                         help="default: cmgan; pushed to <serving-root>/<name>/<version>")
     parser.add_argument("--epochs", type=int,
                         help="CM-GAN training epochs (default: the dataset's preset)")
-    parser.add_argument("--hparam", action="append", type=_key_value, default=[],
+    parser.add_argument("--hparam", action="append", type=key_value, default=[],
                         metavar="KEY=VALUE", help="any CMGANHParams field; repeatable")
     parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
     parser.add_argument("--map-threshold", type=float,

@@ -4,13 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline.run_command import key_value
 
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
 
 
 def register(subparsers) -> None:
@@ -24,7 +19,7 @@ def register(subparsers) -> None:
                         help="where metrics.json, weights and TensorBoard logs go "
                              "(default ./outputs/<dataset>)")
     parser.add_argument("--epochs", type=int, help="shorthand for --hparam epochs=N")
-    parser.add_argument("--hparam", action="append", default=[], type=_key_value,
+    parser.add_argument("--hparam", action="append", default=[], type=key_value,
                         metavar="KEY=VALUE",
                         help="any CMGANHParams field; repeatable")
     parser.add_argument("--strategy", default="default",
