@@ -53,7 +53,28 @@ class CMGAN(keras.Model):
         self.inter_image_discriminator.build()
         self.inter_text_discriminator.build()
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        # Replicas hold identical generator weights, so the first replica's update suffices.
+        self.generator_averages = [
+            self.add_weight(shape=v.shape, initializer=keras.initializers.Constant(v.numpy()),
+                            trainable=False, aggregation="only_first_replica",
+                            name=f"ema_{v.name}") for v in self.generator_variables()
+        ] if hparams.ema_decay else []
         self.built = True
+
+    def generator_variables(self) -> list:
+        """Trainable weights of both generators, the shared encoder once."""
+        unique = {}
+        for variable in (self.image_generator.trainable_variables
+                         + self.text_generator.trainable_variables):
+            unique.setdefault(id(variable), variable)
+        return list(unique.values())
+
+    def swap_generator_averages(self) -> None:
+        """Exchanges generator weights and their moving averages (call again to undo)."""
+        for variable, average in zip(self.generator_variables(), self.generator_averages):
+            current = tf.identity(variable.value)
+            variable.assign(average.value)
+            average.assign(current)
 
     # --- inference -------------------------------------------------------------------------
     def encode_image(self, image, training=False):
@@ -167,6 +188,9 @@ class CMGAN(keras.Model):
         logged.update({f"g_{g}_loss": g_losses[g] for g in GENERATORS})
         logged.update({f"g_{g}_semantic_loss": semantic_losses[g] for g in GENERATORS})
         logged["common_l1_distance"] = _average(l1)
+        decay = self.hparams.ema_decay
+        for variable, average in zip(self.generator_variables(), self.generator_averages):
+            average.assign(decay * average + (1.0 - decay) * variable)
         for name, value in logged.items():
             self.loss_trackers[name].update_state(value * replicas)
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}

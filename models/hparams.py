@@ -37,6 +37,9 @@ class CMGANHParams:
     beta_2: float = 0.999
     lr_halving_epochs: int = 100
     weight_decay: float = 0.0  # decoupled (AdamW-style); the paper uses none
+    # Exponential moving average of the generator weights (0 = off, the paper). Validation,
+    # selection and export then use the averaged weights, which smooths GAN oscillation.
+    ema_decay: float = 0.0
     batch_size: int = 64  # global batch, class-balanced
     generator_steps: int = 5  # per iteration: 1 step per discriminator, then 5 x (G_I, G_T)
     epochs: int = 2000  # as the authors' release; select the epoch on validation
@@ -52,6 +55,8 @@ class CMGANHParams:
         if self.semantic_classifier not in SEMANTIC_CLASSIFIERS:
             raise ValueError(f"semantic_classifier must be one of {SEMANTIC_CLASSIFIERS}, "
                              f"got {self.semantic_classifier!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("common_dim", "hidden_dim", "inter_disc_hidden", "batch_size",
                      "generator_steps", "epochs", "lr_halving_epochs", "validate_every"):
             if getattr(self, name) <= 0:
@@ -88,10 +93,12 @@ class CMGANHParams:
 # (never test). With the paper's per-modality Dense classifiers the two modalities' class
 # directions differ and cross-modal cosine MAP on SIFT/LDA features stays near 0.18-0.19
 # (Wikipedia val); one shared cosine classifier puts both modalities' classes on the same
-# directions (val ~0.24-0.25). XLA is on: 3-4x faster on CPU (single replica only).
+# directions (val ~0.24-0.25). The generator-weight average (ema_decay 0.99) won on mean
+# validation MAP over model seeds 0 and 1 (0.2470 vs 0.2466 without). XLA is on: 3-4x
+# faster on CPU (single replica only).
 RETRIEVAL_TUNED: dict[str, Any] = {"semantic_classifier": "cosine", "shared_classifier": True,
                                    "semantic_weight": 5.0, "learning_rate": 3e-4,
-                                   "jit_compile": True}
+                                   "ema_decay": 0.99, "jit_compile": True}
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
     "wikipedia": {**RETRIEVAL_TUNED, "epochs": 40, "validate_every": 2},

@@ -112,6 +112,9 @@ class ValidationSelection(keras.callbacks.Callback):
                                      or done == self.total_epochs):
             from models.metrics import retrieval_report
 
+            averaged = bool(self.model.generator_averages)
+            if averaged:  # validate, keep and checkpoint the averaged weights
+                self.model.swap_generator_averages()
             image_emb, text_emb = embed(self.model, self.val.image, self.val.text)
             report = retrieval_report(image_emb, text_emb, self.val.label)
             record.update({f"val_{k}": v for k, v in report.items()})
@@ -128,6 +131,8 @@ class ValidationSelection(keras.callbacks.Callback):
                     self.best_manager.save(checkpoint_number=done)
             else:
                 self.validations_without_gain += 1
+            if averaged:
+                self.model.swap_generator_averages()
             if self.verbose:
                 print(f"epoch {done}/{self.total_epochs}  "
                       f"d_inter {record.get('d_inter_image_loss', float('nan')):.3f}/"
@@ -183,6 +188,8 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     best_val: dict[str, float] = {}
     if selection.best_weights is not None:
         model.set_weights(selection.best_weights)
+    elif model.generator_averages:  # no validation: serve the averaged weights
+        model.swap_generator_averages()
     if val is not None:
         from models.metrics import retrieval_report
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import run_command, train_command
+    from pipeline import run_command, serve_command, train_command
 
     parser = argparse.ArgumentParser(
         prog="cmgan",
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run_command.register(subparsers)
     train_command.register(subparsers)
+    serve_command.register(subparsers)
     return parser
 
 

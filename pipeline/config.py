@@ -60,6 +60,20 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GalleryConfig:
+    # After the Pusher, GallerySearch pushes <serving_root>/<model_name>-search/<version>:
+    # the encoders plus these splits, encoded, and a top-k `search` (serving/search_model.py).
+    enabled: bool = True
+    splits: tuple[str, ...] = ("test",)
+    data_dir: Optional[str] = None  # a feature folder to take the splits from instead
+
+    def __post_init__(self):
+        object.__setattr__(self, "splits", tuple(self.splits))
+        if self.enabled and not self.splits:
+            raise ValueError("gallery splits must not be empty")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     # Empty values are derived by resolved(): pipeline_name cmgan-<dataset>, pipeline_root
     # ./runs/<pipeline_name>, metadata_path <pipeline_root>/metadata.sqlite.
@@ -73,6 +87,7 @@ class PipelineConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    gallery: GalleryConfig = dataclasses.field(default_factory=GalleryConfig)
 
     def __post_init__(self):
         if self.pipeline_name and not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
@@ -85,11 +100,13 @@ class PipelineConfig:
         name = self.pipeline_name or f"cmgan-{self.data.dataset}"
         root = _absolute(self.pipeline_root or os.path.join("runs", name))
         data_dir = _absolute(self.data.data_dir) if self.data.data_dir else None
+        gallery_dir = _absolute(self.gallery.data_dir) if self.gallery.data_dir else None
         return dataclasses.replace(
             self, pipeline_name=name, pipeline_root=root,
             serving_root=_absolute(self.serving_root),
             metadata_path=_absolute(self.metadata_path or os.path.join(root, "metadata.sqlite")),
-            data=dataclasses.replace(self.data, data_dir=data_dir))
+            data=dataclasses.replace(self.data, data_dir=data_dir),
+            gallery=dataclasses.replace(self.gallery, data_dir=gallery_dir))
 
     def cmgan_hparams(self) -> CMGANHParams:
         """Paper defaults, then the dataset's preset, then the configured overrides."""
@@ -104,10 +121,16 @@ class PipelineConfig:
         """TF Serving's model base path: versions are written below it."""
         return os.path.join(self.serving_root, self.model_name)
 
+    @property
+    def search_directory(self) -> str:
+        """Base path of the search companion servable (same versions as push_directory)."""
+        return os.path.join(self.serving_root, f"{self.model_name}-search")
+
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["beam_args"] = list(self.beam_args)
         values["training"]["hparams"] = dict(self.training.hparams)
+        values["gallery"]["splits"] = list(self.gallery.splits)
         return values
 
     @classmethod
@@ -116,7 +139,7 @@ class PipelineConfig:
         values = dict(values)
         _reject_unknown(cls, values, "config")
         sections = {"data": DataConfig, "training": TrainingConfig,
-                    "evaluation": EvaluationConfig}
+                    "evaluation": EvaluationConfig, "gallery": GalleryConfig}
         for key, section in sections.items():
             if key in values:
                 _reject_unknown(section, values[key], f"config section '{key}'")

@@ -2,7 +2,8 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen (train only) -> SchemaCurator -> ExampleValidator ->
 AnomaliesGate -> Transform (z-scores) -> Trainer (CM-GAN) -> RetrievalEvaluator (vs. the latest
-blessed model, CCA and classifier) -> Pusher (TF Serving layout).
+blessed model, CCA and classifier) -> Pusher (TF Serving layout) -> GallerySearch (the search
+companion servable ``<model_name>-search/<same version>``).
 
 Components are referenced by dotted paths into the installed package (no module_file), so the
 same definition runs under LocalDagRunner and compiles for Kubeflow Pipelines V2.
@@ -17,6 +18,7 @@ from tfx import v1 as tfx
 from components.anomalies_gate import AnomaliesGate
 from components.datasets import SPLITS
 from components.feature_example_gen import FeatureExampleGen
+from components.gallery_search import GallerySearch
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.schema_curator import SchemaCurator
 
@@ -53,8 +55,12 @@ def create_pipeline(
         beam_pipeline_args: Sequence[str] = (),
         metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
         enable_cache: bool = True,
+        search_directory: Optional[str] = None,
+        gallery_splits: Sequence[str] = ("test",),
+        gallery_dir: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-    """Builds the pipeline; does no I/O. ``push_directory`` is ``<serving_root>/<model_name>``."""
+    """Builds the pipeline; does no I/O. ``push_directory`` is ``<serving_root>/<model_name>``;
+    ``search_directory`` (None: no GallerySearch) the search companion's base path."""
     example_gen = _example_gen(dataset, data_dir, seed, val_fraction)
     examples = example_gen.outputs["examples"]
 
@@ -107,11 +113,18 @@ def create_pipeline(
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
 
+    components = [example_gen, statistics_gen, schema_gen, schema_curator, example_validator,
+                  anomalies_gate, transform, trainer, latest_blessed_model, evaluator, pusher]
+    if search_directory:
+        components.append(GallerySearch(
+            pushed_model=pusher.outputs["pushed_model"], examples=examples,
+            search_directory=search_directory, gallery_splits=gallery_splits,
+            gallery_dir=gallery_dir))
+
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, schema_curator, example_validator,
-                    anomalies_gate, transform, trainer, latest_blessed_model, evaluator, pusher],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args))
@@ -135,5 +148,8 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         val_fraction=config.data.val_fraction,
         beam_pipeline_args=config.beam_args,
         metadata_connection_config=metadata_connection_config,
-        enable_cache=config.enable_cache)
+        enable_cache=config.enable_cache,
+        search_directory=config.search_directory if config.gallery.enabled else None,
+        gallery_splits=config.gallery.splits,
+        gallery_dir=config.gallery.data_dir)
 

@@ -12,12 +12,13 @@ from pipeline.pipeline import create_pipeline_from_config
 
 COMPONENTS = ("FeatureExampleGen", "StatisticsGen", "SchemaGen", "SchemaCurator",
               "ExampleValidator", "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator",
-              "Pusher")
+              "Pusher", "GallerySearch")
 PROJECT_EXECUTORS = {
     "FeatureExampleGen": "components.feature_example_gen.Executor",
     "SchemaCurator": "components.schema_curator.SchemaCurator_Executor",
     "AnomaliesGate": "components.anomalies_gate.AnomaliesGate_Executor",
     "RetrievalEvaluator": "components.retrieval_evaluator_executor.Executor",
+    "GallerySearch": "components.gallery_search_executor.Executor",
 }
 
 

@@ -21,7 +21,8 @@ dataset = standardise(make_demo_dataset(seed=0, num_classes=4, train_per_class=4
                                         val_per_class=10, test_per_class=10))
 hparams = CMGANHParams(epochs=2, hidden_dim=32, common_dim=32, inter_disc_hidden=16,
                        batch_size=16, validate_every=1, semantic_classifier="cosine",
-                       shared_classifier=True, jit_compile=True)  # XLA falls back to off
+                       shared_classifier=True, jit_compile=True,  # XLA falls back to off
+                       ema_decay=0.9)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 result = train_cmgan(dataset.splits["train"], dataset.splits["val"], dataset.num_classes,
                      hparams, strategy=strategy, verbose=0)

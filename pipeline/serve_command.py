@@ -1,0 +1,158 @@
+"""``cmgan serve`` (a TF Serving-protocol gRPC server) and ``cmgan query`` (top-k retrieval).
+
+``pipeline/cli.py`` calls ``register(subparsers)``; ``main(argv)`` serves ``python -m``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+DEFAULT_PORT = 8500
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serves <model-base-path>/<model-name> and its search companion <model-name>-search
+    (or the models of --model-config-file): the highest version unless a request names one."""
+    from serving import config_files
+    from serving.model_manager import ModelManager
+    from serving.server import ServerOptions, serve_forever
+
+    if args.write_config:
+        return _write_configs(args)
+    logging.getLogger("serving").setLevel(logging.INFO)  # loads, version switches
+    entries = (None if args.model_config_file else config_files.default_entries(
+        args.model_base_path, args.model_name, args.num_versions))
+    manager = ModelManager(entries or [], config_file=args.model_config_file,
+                           poll_seconds=args.poll_seconds)
+    options = ServerOptions(host=args.host, port=args.port,
+                            max_message_bytes=args.max_message_mb << 20,
+                            request_timeout_s=args.request_timeout_s,
+                            max_workers=args.workers)
+    serve_forever(manager, options, on_ready=lambda port: print(
+        f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True))
+    return 0
+
+
+def _write_configs(args: argparse.Namespace) -> int:
+    """models.config and batching_parameters.txt for the stock tensorflow/serving server."""
+    import os
+
+    from serving import config_files
+
+    os.makedirs(args.write_config, exist_ok=True)
+    base = args.container_base_path.rstrip("/")
+    entries = config_files.default_entries(base, args.model_name, args.num_versions)
+    config_path = config_files.write_model_config(
+        os.path.join(args.write_config, "models.config"), entries)
+    batching_path = config_files.write_batching_parameters(
+        os.path.join(args.write_config, "batching_parameters.txt"))
+    print(f"wrote {config_path} and {batching_path}")
+    return 0
+
+
+def query(args: argparse.Namespace) -> int:
+    """Prints the top-k gallery items (id, label, cosine score) for each query row."""
+    import numpy as np
+
+    from serving.client import ServingClient, format_results
+
+    if args.text is not None:
+        print("cmgan query: raw text queries arrive with the raw-data issue (#5); pass "
+              "--text-features FILE.npy (the text features the model was trained on)",
+              file=sys.stderr)
+        return 2
+    kind, path = next((k, p) for k, p in (("text", args.text_features),
+                                          ("image", args.image_features),
+                                          ("embedding", args.embedding)) if p)
+    target = args.target or {"text": "image", "image": "text"}.get(kind)
+    if target is None:
+        print("cmgan query: --embedding needs --target image|text", file=sys.stderr)
+        return 2
+    import grpc
+
+    with ServingClient(args.server, timeout_s=args.timeout_s) as client:
+        try:
+            result = client.search(args.model_name, np.load(path), query_kind=kind,
+                                   target=target, k=args.top_k)
+        except grpc.RpcError as error:
+            print(f"cmgan query: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        except ValueError as error:
+            print(f"cmgan query: {error}", file=sys.stderr)
+            return 2
+    print(format_results(result))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Adds ``serve`` and ``query`` to an argparse subparsers object; each sets ``func``."""
+    serve_parser = subparsers.add_parser(
+        "serve", help="serve pushed models over TF Serving's gRPC API (Predict, "
+                      "GetModelMetadata, GetModelStatus)", description=serve.__doc__)
+    serve_parser.add_argument("--model-base-path", default="serving_models",
+                              help="the serving root the pipeline pushes to (default: "
+                                   "%(default)s); <root>/<name>/<version>/ are served")
+    serve_parser.add_argument("--model-name", default="cmgan", help="default: %(default)s")
+    serve_parser.add_argument("--model-config-file", metavar="FILE",
+                              help="TF Serving ModelServerConfig text file (models, version "
+                                   "policies, version_labels such as stable/canary); re-read "
+                                   "when it changes")
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to bind (default: %(default)s, loopback only)")
+    serve_parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                              help="gRPC port (default: %(default)s; 0 picks a free one)")
+    serve_parser.add_argument("--num-versions", type=int, default=0,
+                              help="keep the N highest versions loaded (default: all)")
+    serve_parser.add_argument("--poll-seconds", type=float, default=2.0,
+                              help="how often the base paths are scanned for new versions")
+    serve_parser.add_argument("--max-message-mb", type=int, default=64,
+                              help="largest request/response; bigger ones get "
+                                   "RESOURCE_EXHAUSTED (default: %(default)s)")
+    serve_parser.add_argument("--request-timeout-s", type=float, default=30.0,
+                              help="per-request deadline, capped by the client's own")
+    serve_parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve_parser.add_argument("--write-config", metavar="DIR",
+                              help="instead of serving, write models.config and "
+                                   "batching_parameters.txt for tensorflow/serving into DIR")
+    serve_parser.add_argument("--container-base-path", default="/models",
+                              help="with --write-config: where the serving root is mounted in "
+                                   "the container (default: %(default)s)")
+    serve_parser.set_defaults(func=serve)
+
+    query_parser = subparsers.add_parser(
+        "query", help="top-k cross-modal retrieval against a running server",
+        description=query.__doc__ + " Raw text (--text) and raw image queries need the raw-data "
+                                    "issue (#5); until then queries are feature vectors.")
+    query_parser.add_argument("--server", default=f"127.0.0.1:{DEFAULT_PORT}",
+                              help="host:port (default: %(default)s)")
+    source = query_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-features", metavar="FILE.npy",
+                        help="text feature vector(s), [d_txt] or [N, d_txt]")
+    source.add_argument("--image-features", metavar="FILE.npy",
+                        help="image feature vector(s), [d_img] or [N, d_img]")
+    source.add_argument("--embedding", metavar="FILE.npy",
+                        help="already-encoded common vector(s), [common_dim] or [N, common_dim]")
+    source.add_argument("--text", help="raw text: not available until the raw-data issue (#5)")
+    query_parser.add_argument("--target", choices=("image", "text"),
+                              help="gallery modality to search (default: the other one)")
+    query_parser.add_argument("--top-k", type=int, default=10, help="default: %(default)s")
+    query_parser.add_argument("--model-name", default="cmgan",
+                              help="encoder model name; <name>-search answers (default: "
+                                   "%(default)s)")
+    query_parser.add_argument("--timeout-s", type=float, default=10.0, help="request deadline")
+    query_parser.set_defaults(func=query)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="cmgan")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
