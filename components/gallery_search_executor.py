@@ -1,8 +1,11 @@
 """Executor of GallerySearch (see components/gallery_search.py for the contract)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 import tensorflow as tf
@@ -51,15 +54,41 @@ class Executor(base_executor.BaseExecutor):
         if os.path.exists(export_dir):  # same version = same pushed model: already done
             logging.info("GallerySearch: %s exists, kept as it is", export_dir)
         else:
-            encoder = tf.saved_model.load(model_dir)
-            splits = [s for s in exec_properties["gallery_splits"].split(",") if s]
-            gallery = encode_gallery(encoder, gallery_splits(
-                encoder, get(input_dict["examples"]).uri, splits,
-                exec_properties.get("gallery_dir")))
-            export_search_model(model_dir, gallery, export_dir, encoder=encoder)
-            search_model.set_int_custom_property(
-                "gallery_size", sum(len(p) for p in gallery.values()))
+            # A fresh process: tracing new functions around a SavedModel loaded into the
+            # process that trained and saved it can bind the wrong function by name.
+            command = [sys.executable, "-m", __name__, "--model-dir", model_dir,
+                       "--examples-uri", get(input_dict["examples"]).uri,
+                       "--splits", exec_properties["gallery_splits"],
+                       "--export-dir", export_dir]
+            if exec_properties.get("gallery_dir"):
+                command += ["--gallery-dir", exec_properties["gallery_dir"]]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"GallerySearch: exporting {export_dir} failed:\n"
+                                   f"{done.stderr[-4000:]}")
+            search_model.set_int_custom_property("gallery_size", int(done.stdout.split()[-1]))
             logging.info("GallerySearch: wrote %s", export_dir)
         search_model.set_int_custom_property(PUSHED_KEY, 1)
         search_model.set_string_custom_property(DESTINATION_KEY, export_dir)
         search_model.set_string_custom_property(VERSION_KEY, version)
+
+
+def export(model_dir: str, examples_uri: str, splits: str, export_dir: str,
+           gallery_dir: str | None = None) -> int:
+    """Encodes the gallery with the pushed model and writes the search servable; returns the
+    number of gallery items (both modalities)."""
+    encoder = tf.saved_model.load(model_dir)
+    gallery = encode_gallery(encoder, gallery_splits(
+        encoder, examples_uri, [s for s in splits.split(",") if s], gallery_dir))
+    export_search_model(model_dir, gallery, export_dir, encoder=encoder)
+    return sum(len(p) for p in gallery.values())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Writes the gallery search servable.")
+    for flag in ("--model-dir", "--examples-uri", "--splits", "--export-dir"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--gallery-dir")
+    args = parser.parse_args()
+    print(export(args.model_dir, args.examples_uri, args.splits, args.export_dir,
+                 args.gallery_dir))

@@ -48,6 +48,11 @@ class RunResult:
     def summary(self) -> str:
         pushed = (f"pushed model: {self.pushed_model}" if self.pushed_model else
                   f"nothing pushed: {self.reason}")
+        if self.pushed_model:
+            search = os.path.join(self.config.search_directory,
+                                  os.path.basename(self.pushed_model))
+            if os.path.isdir(search):
+                pushed += f"\nsearch servable: {search}"
         return f"{self.map_table()}\n{self.reason}\n{pushed}"
 
     def metrics(self, split: str = "test") -> dict[str, Any]:

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from models.export import EMBEDDING_KEY
 from models.preprocessing import IMAGE_KEY, TEXT_KEY
+from serving.approximate_index import ANN_MIN_ITEMS, ApproximateIndex, index_dir
 
 MODALITIES = (IMAGE_KEY, TEXT_KEY)
 SEARCH_SIGNATURES = ("search_image", "search_text", "search_embedding")
@@ -161,9 +162,14 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
 
 
 def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], export_dir: str,
-                        encoder=None) -> str:
+                        encoder=None, ann_min_items: int | None = ANN_MIN_ITEMS) -> str:
     """Writes the search SavedModel to ``export_dir`` atomically (a sibling temporary folder
-    renamed into place), so a server polling the base path never sees half a version."""
+    renamed into place), so a server polling the base path never sees half a version.
+
+    A gallery modality of at least ``ann_min_items`` items (None: never) also gets an
+    approximate index in ``assets.extra/ann_index/<modality>/`` of the same version
+    (serving/approximate_index.py): TF Serving cannot run it, a client or sidecar searches it
+    with the embeddings ``encode_*`` returns."""
     encoder = encoder if encoder is not None else tf.saved_model.load(encoder_dir)
     module = SearchModule(encoder, gallery)
     parent = os.path.dirname(os.path.abspath(export_dir))
@@ -172,6 +178,10 @@ def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], expor
     try:
         tf.saved_model.save(module, staging, signatures=module.signatures())
         write_warmup_requests(staging, module)
+        for modality, part in gallery.items():
+            if ann_min_items is not None and len(part) >= ann_min_items:
+                ApproximateIndex.build(part.embeddings, part.ids, part.labels).save(
+                    index_dir(staging, modality))
         os.rename(staging, export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
