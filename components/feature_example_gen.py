@@ -8,6 +8,13 @@ Transform and the rest consume it like any other.
 
 Its driver fingerprints the files under ``data_dir`` before the cache lookup, so an unchanged
 folder reuses the cached examples and an edited one is read again.
+
+Spans (``span_pattern`` set, dataset ``features``): ``data_dir`` is a root with one feature folder
+per span (``components/spans.py``). The driver resolves the latest span and the rolling window
+of ``span_window`` spans before the cache lookup (the fingerprint covers only the spans used);
+the executor trains on the window's train splits and takes val/test from the evaluation span
+(``eval_span``). The Examples artifact records TFX's ``span`` (the latest span of the window)
+and the custom properties ``spans`` (JSON list of the window) and ``eval_span``.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
+from components import spans
 from components.datasets import SPLITS, FeatureDataset, Split, load_dataset
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 
@@ -34,6 +42,9 @@ DATASET_KEY = "dataset"
 DATA_DIR_KEY = "data_dir"
 SEED_KEY = "seed"
 VAL_FRACTION_KEY = "val_fraction"
+SPAN_PATTERN_KEY = "span_pattern"
+SPAN_WINDOW_KEY = "span_window"
+EVAL_SPAN_KEY = "eval_span"
 
 
 class FeatureExampleGenSpec(standard_component_specs.QueryBasedExampleGenSpec):
@@ -45,6 +56,9 @@ class FeatureExampleGenSpec(standard_component_specs.QueryBasedExampleGenSpec):
         DATA_DIR_KEY: ExecutionParameter(type=str, optional=True),
         SEED_KEY: ExecutionParameter(type=int),
         VAL_FRACTION_KEY: ExecutionParameter(type=float),
+        SPAN_PATTERN_KEY: ExecutionParameter(type=str, optional=True),
+        SPAN_WINDOW_KEY: ExecutionParameter(type=int, optional=True),
+        EVAL_SPAN_KEY: ExecutionParameter(type=str, optional=True),
     }
 
 
@@ -78,16 +92,38 @@ class Driver(example_gen_driver.QueryBasedDriver):
         exec_properties = super().resolve_exec_properties(exec_properties, pipeline_info,
                                                           component_info)
         data_dir = exec_properties.get(DATA_DIR_KEY)
-        if data_dir and tf.io.gfile.isdir(data_dir):
+        if exec_properties.get(SPAN_PATTERN_KEY):
+            window, eval_span, folders = spans.resolve(
+                data_dir, exec_properties[SPAN_PATTERN_KEY],
+                int(exec_properties.get(SPAN_WINDOW_KEY) or 1),
+                exec_properties.get(EVAL_SPAN_KEY) or "first")
+            exec_properties[example_gen_utils.SPAN_PROPERTY_NAME] = max(window)
+            exec_properties[example_gen_utils.FINGERPRINT_PROPERTY_NAME] = (
+                f"spans:{spans.spans_json(window)},eval_span:{eval_span};"
+                + spans.spans_fingerprint(folders, [*window, eval_span]))
+        elif data_dir and tf.io.gfile.isdir(data_dir):
             exec_properties[example_gen_utils.FINGERPRINT_PROPERTY_NAME] = data_fingerprint(
                 data_dir)
         return exec_properties
 
 
 def load_from_exec_properties(exec_properties: dict[str, Any]) -> FeatureDataset:
+    if exec_properties.get(SPAN_PATTERN_KEY):
+        return load_spans_from_exec_properties(exec_properties)[0]
     return load_dataset(exec_properties[DATASET_KEY], exec_properties.get(DATA_DIR_KEY) or None,
                         seed=int(exec_properties[SEED_KEY]),
                         val_fraction=float(exec_properties[VAL_FRACTION_KEY]))
+
+
+def load_spans_from_exec_properties(exec_properties: dict[str, Any]
+                                    ) -> tuple[FeatureDataset, list[int], int]:
+    """The span window ending at the span the driver resolved (exec property ``span``)."""
+    latest = exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME)
+    return spans.load_span_window(
+        exec_properties[DATA_DIR_KEY], exec_properties[SPAN_PATTERN_KEY],
+        int(exec_properties.get(SPAN_WINDOW_KEY) or 1),
+        exec_properties.get(EVAL_SPAN_KEY) or "first",
+        latest=int(latest) if latest else None)
 
 
 class Executor(BaseExampleGenExecutor):
@@ -111,10 +147,18 @@ class Executor(BaseExampleGenExecutor):
         return SplitToExamples
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        self._dataset = load_from_exec_properties(exec_properties)
+        window = None
+        if exec_properties.get(SPAN_PATTERN_KEY):
+            self._dataset, window, eval_span = load_spans_from_exec_properties(exec_properties)
+        else:
+            self._dataset = load_from_exec_properties(exec_properties)
         super().Do(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
+        if window is not None:
+            examples.span = int(max(window))
+            examples.set_string_custom_property("spans", spans.spans_json(window))
+            examples.set_int_custom_property("eval_span", int(eval_span))
         # Recorded for the schema curator: the label domain comes from the class list.
         examples.set_int_custom_property("num_classes", self._dataset.num_classes)
         examples.set_string_custom_property("class_names", json.dumps(self._dataset.class_names))
@@ -130,10 +174,18 @@ class FeatureExampleGen(base_beam_component.BaseBeamComponent):
     DRIVER_CLASS = Driver
 
     def __init__(self, dataset: str, data_dir: Optional[str] = None, seed: int = 0,
-                 val_fraction: float = 0.15):
+                 val_fraction: float = 0.15, span_pattern: Optional[str] = None,
+                 span_window: int = 1, eval_span: str = "first"):
         input_config = example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name=s, pattern=s) for s in SPLITS])
         optional = {DATA_DIR_KEY: str(data_dir)} if data_dir else {}
+        if span_pattern:  # only then, so the exec properties of span-less runs are unchanged
+            if dataset != "features" or not data_dir:
+                raise ValueError("spans need dataset 'features' and data_dir (the span root)")
+            spans.check_pattern(span_pattern)
+            spans.check_eval_span(eval_span)
+            optional.update({SPAN_PATTERN_KEY: span_pattern, SPAN_WINDOW_KEY: int(span_window),
+                             EVAL_SPAN_KEY: str(eval_span)})
         spec = FeatureExampleGenSpec(
             input_config=input_config,
             output_config=example_gen_pb2.Output(),

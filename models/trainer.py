@@ -7,7 +7,12 @@ Trainer killed mid-training resumes from its last epoch when the pipeline is run
 re-run's cached upstream components hand it the same input artifacts).
 
 custom_config keys: ``hparams`` (dict for CMGANHParams.from_dict), ``strategy``
-(default | mirrored | multi_worker), ``checkpoint_root`` (folder; no checkpoints when empty).
+(default | mirrored | multi_worker), ``checkpoint_root`` (folder; no checkpoints when empty),
+``warm_start`` (bool: start from the weights of the Trainer's ``base_model``, the latest blessed
+model, when it has compatible ones).
+
+Besides the SavedModel, the Keras weights are written to ``<model artifact>/warm_start/`` so a
+later run can warm start from this model.
 """
 from __future__ import annotations
 
@@ -31,6 +36,13 @@ from models.training import embed, train_cmgan
 TRAINING_REPORT = "training_report.json"
 REFERENCE_EMBEDDINGS = "reference_embeddings.npz"
 NUM_REFERENCE_EXAMPLES = 32
+WARM_START_DIR, WARM_START_WEIGHTS = "warm_start", "cmgan.weights.h5"
+
+
+def warm_start_weights_path(serving_model_dir: str) -> str:
+    """Where the weights of the model exported to ``serving_model_dir`` are kept."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), WARM_START_DIR,
+                        WARM_START_WEIGHTS)
 
 
 def checkpoint_fingerprint(fn_args, hparams: CMGANHParams, strategy: str) -> str:
@@ -67,23 +79,47 @@ def run_fn(fn_args) -> None:
 
     checkpoint_dir = None
     if config.get("checkpoint_root"):
-        checkpoint_dir = os.path.join(config["checkpoint_root"],
-                                      checkpoint_fingerprint(fn_args, hparams, strategy))
+        fingerprint = checkpoint_fingerprint(fn_args, hparams, strategy)
+        if config.get("warm_start"):  # a warm start from another model is another training
+            fingerprint = hashlib.sha256(
+                f"{fingerprint}:warm:{getattr(fn_args, 'base_model', None)}".encode()
+            ).hexdigest()[:16]
+        checkpoint_dir = os.path.join(config["checkpoint_root"], fingerprint)
+    initial_weights = None
+    if config.get("warm_start") and getattr(fn_args, "base_model", None):
+        source = warm_start_weights_path(fn_args.base_model)
+        if tf.io.gfile.exists(source):
+            initial_weights = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
+            tf.io.gfile.copy(source, initial_weights, overwrite=True)
     result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
-                         log_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir)
+                         log_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir,
+                         initial_weights=initial_weights)
 
     chief = _is_chief()
     export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
     export_serving_model(result.model, tf_transform_output, export_dir)
     if not chief:
         return
-    _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes)
+    _write_weights(result.model, warm_start_weights_path(fn_args.serving_model_dir))
+    warm = fn_args.base_model if result.warm_started_from else None
+    _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes,
+                  warm)
     _write_reference_embeddings(fn_args.model_run_dir, result.model, val)
 
 
+def _write_weights(model, path: str) -> None:
+    """Keras weights for warm starts (save_weights needs a local file; copy for gs:// etc.)."""
+    local = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
+    model.save_weights(local)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tf.io.gfile.copy(local, path, overwrite=True)
+
+
 def _write_report(run_dir: str, result, hparams: CMGANHParams, strategy: str,
-                  checkpoint_dir: str | None, num_classes: int) -> None:
+                  checkpoint_dir: str | None, num_classes: int,
+                  warm_started_from: str | None = None) -> None:
     report = {
+        "warm_started_from": warm_started_from,
         "resumed_from_epoch": result.resumed_from_epoch,
         "best_epoch": result.best_epoch,
         "best_val": result.best_val,

@@ -33,6 +33,7 @@ class TrainResult:
     best_val: dict[str, float]
     resumed_from_epoch: int
     strategy: tf.distribute.Strategy
+    warm_started_from: str | None = None  # weights file loaded before training, if any
 
 
 def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
@@ -154,8 +155,13 @@ class ValidationSelection(keras.callbacks.Callback):
 
 def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHParams(), *,
                 strategy: str | tf.distribute.Strategy = "default", log_dir: str | None = None,
-                checkpoint_dir: str | None = None, verbose: int = 1) -> TrainResult:
-    """Trains on `train` (a Split-like object with image, text, label), selects on `val`."""
+                checkpoint_dir: str | None = None, verbose: int = 1,
+                initial_weights: str | None = None) -> TrainResult:
+    """Trains on `train` (a Split-like object with image, text, label), selects on `val`.
+
+    ``initial_weights``: a ``save_weights`` file of a compatible CMGAN to start from (warm
+    start) instead of a fresh initialisation; ignored, with a warning, when incompatible, and
+    when a checkpoint is resumed."""
     keras.utils.set_random_seed(hparams.seed)
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
@@ -174,6 +180,14 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
                                     verbose)
     selection.attach_checkpoints(model)
     resumed = selection.restore(model)
+    warm_started_from = None
+    if initial_weights and not resumed:
+        try:
+            with strategy.scope():
+                model.load_weights(initial_weights)
+            warm_started_from = initial_weights
+        except (ValueError, KeyError, OSError) as error:
+            log.warning("warm start from %s skipped (incompatible): %s", initial_weights, error)
     if resumed and verbose:
         print(f"resumed from checkpoint at epoch {resumed}/{hparams.epochs}", flush=True)
     callbacks = [selection]
@@ -196,4 +210,5 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         best_val = retrieval_report(*embed(model, val.image, val.text), val.label)
     return TrainResult(model=model, history=selection.history,
                        best_epoch=int(state.best_epoch.numpy()) or hparams.epochs,
-                       best_val=best_val, resumed_from_epoch=resumed, strategy=strategy)
+                       best_val=best_val, resumed_from_epoch=resumed, strategy=strategy,
+                       warm_started_from=warm_started_from)

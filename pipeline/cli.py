@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import run_command, serve_command, train_command
+    from pipeline import retrain_command, run_command, serve_command, train_command
 
     parser = argparse.ArgumentParser(
         prog="cmgan",
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_command.register(subparsers)
     train_command.register(subparsers)
     serve_command.register(subparsers)
+    retrain_command.register(subparsers)
     return parser
 
 

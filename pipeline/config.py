@@ -33,12 +33,28 @@ class DataConfig:
     data_dir: Optional[str] = None
     seed: int = 0  # demo data, Wikipedia's validation split, and the baselines
     val_fraction: float = 0.15  # Wikipedia only: validation carved from train
+    # Spans (components/spans.py): data_dir is a root with one feature folder per span, matched
+    # by span_pattern (e.g. "span-{SPAN}"); a run trains on the span_window latest spans and
+    # evaluates on the val/test of eval_span ("first" | "latest" | a span number). None: no spans.
+    span_pattern: Optional[str] = None
+    span_window: int = 1
+    eval_span: str = "first"
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset != "demo" and not self.data_dir:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir")
+        object.__setattr__(self, "eval_span", str(self.eval_span))
+        if self.span_pattern:
+            from components import spans  # pylint: disable=import-outside-toplevel
+
+            if self.dataset != "features":
+                raise ValueError("spans (span_pattern) need dataset 'features'")
+            spans.check_pattern(self.span_pattern)
+            spans.check_eval_span(self.eval_span)
+            if int(self.span_window) < 1:
+                raise ValueError(f"span_window must be >= 1, got {self.span_window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +62,8 @@ class TrainingConfig:
     # Overrides of the dataset's preset (models.hparams.hparams_for_dataset) for CMGANHParams.
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     strategy: str = "default"
+    # Start the Trainer from the latest blessed model's weights (when compatible).
+    warm_start: bool = False
 
     def __post_init__(self):
         CMGANHParams.from_dict(dict(self.hparams))  # unknown or invalid values fail here, early

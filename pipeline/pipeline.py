@@ -27,15 +27,19 @@ RUN_FN = "models.trainer.run_fn"
 TRAIN_SPLIT, EVAL_SPLIT = "train", "val"
 
 
-def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction: float):
+def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction: float,
+                 span_pattern: Optional[str] = None, span_window: int = 1,
+                 eval_span: str = "first"):
     if dataset == "examples":
         # Pre-built tf.Example TFRecords in <data_dir>/{train,val,test}/.
         return tfx.components.ImportExampleGen(
             input_base=data_dir,
             input_config=tfx.proto.Input(splits=[
                 tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in SPLITS]))
+    spans = ({"span_pattern": span_pattern, "span_window": span_window,
+              "eval_span": eval_span} if span_pattern else {})
     return FeatureExampleGen(dataset=dataset, data_dir=data_dir, seed=seed,
-                             val_fraction=val_fraction)
+                             val_fraction=val_fraction, **spans)
 
 
 def create_pipeline(
@@ -58,10 +62,15 @@ def create_pipeline(
         search_directory: Optional[str] = None,
         gallery_splits: Sequence[str] = ("test",),
         gallery_dir: Optional[str] = None,
+        span_pattern: Optional[str] = None,
+        span_window: int = 1,
+        eval_span: str = "first",
+        warm_start: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; does no I/O. ``push_directory`` is ``<serving_root>/<model_name>``;
     ``search_directory`` (None: no GallerySearch) the search companion's base path."""
-    example_gen = _example_gen(dataset, data_dir, seed, val_fraction)
+    example_gen = _example_gen(dataset, data_dir, seed, val_fraction, span_pattern, span_window,
+                               eval_span)
     examples = example_gen.outputs["examples"]
 
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
@@ -84,6 +93,15 @@ def create_pipeline(
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(SPLITS)))
 
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    # Warm start: the Trainer also gets the latest blessed model (its Keras weights); only then,
+    # so span-less, cold-start runs keep their Trainer inputs and cache keys.
+    warm = ({"base_model": latest_blessed_model.outputs["model"]} if warm_start else {})
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -91,13 +109,9 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
         custom_config={"hparams": dict(hparams), "strategy": strategy,
-                       "checkpoint_root": checkpoint_root})
-
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+                       "checkpoint_root": checkpoint_root,
+                       **({"warm_start": True} if warm_start else {})},
+        **warm)
 
     evaluator = RetrievalEvaluator(
         examples=examples,
@@ -151,5 +165,9 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         enable_cache=config.enable_cache,
         search_directory=config.search_directory if config.gallery.enabled else None,
         gallery_splits=config.gallery.splits,
-        gallery_dir=config.gallery.data_dir)
+        gallery_dir=config.gallery.data_dir,
+        span_pattern=config.data.span_pattern,
+        span_window=config.data.span_window,
+        eval_span=config.data.eval_span,
+        warm_start=config.training.warm_start)
 

@@ -1,0 +1,184 @@
+"""Every run of a pipeline as recorded in ML Metadata: spans used, model, MAP, blessing, push.
+
+``run_history(metadata_path, pipeline_name)`` returns one ``RunRecord`` per pipeline run (oldest
+first); ``format_history`` prints them as the table of ``cmgan history``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any, Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+EXAMPLE_GEN_ID, TRAINER_ID = "FeatureExampleGen", "Trainer"
+EVALUATOR_ID, PUSHER_ID = "RetrievalEvaluator", "Pusher"
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+_DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    started: float  # seconds since the epoch
+    spans: Optional[list[int]]  # the window of spans trained on; None: not a span dataset
+    eval_span: Optional[int]
+    examples_id: Optional[int]
+    model_id: Optional[int]
+    model_uri: Optional[str]
+    val_mean_map: Optional[float]
+    test_mean_map: Optional[float]
+    evaluated: bool  # the RetrievalEvaluator completed in this run
+    blessed: Optional[bool]
+    reason: str
+    pushed_version: Optional[str]
+    states: dict[str, str]
+
+    @property
+    def latest_span(self) -> Optional[int]:
+        return max(self.spans) if self.spans else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _store(metadata_path: str) -> metadata_store.MetadataStore:
+    from pipeline.local_runner import metadata_connection  # pylint: disable=C0415
+
+    return metadata_store.MetadataStore(metadata_connection(metadata_path))
+
+
+def _artifacts(store, execution_id: int, kinds) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in kinds]
+    by_id = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    result: dict[str, list] = {}
+    for event in events:
+        result.setdefault(event.path.steps[0].key, []).append(by_id[event.artifact_id])
+    return result
+
+
+def _first(artifacts: dict, key: str):
+    return (artifacts.get(key) or [None])[0]
+
+
+def _custom(artifact, key: str, kind: str = "string_value"):
+    if artifact is None or key not in artifact.custom_properties:
+        return None
+    return getattr(artifact.custom_properties[key], kind)
+
+
+def runs_by_node(store, pipeline_name: str
+                 ) -> list[tuple[metadata_store_pb2.Context, dict[str, Any]]]:
+    """(pipeline_run context, node id -> execution) for every run, oldest first."""
+    pipeline_context = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_context is None:
+        return []
+    node_type = store.get_context_type("node")
+    prefix = f"{pipeline_name}."
+    runs = []
+    for run in sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id):
+        executions = store.get_executions(list_options=metadata_store.ListOptions(
+            filter_query=f"contexts_a.id = {pipeline_context.id} AND contexts_b.id = {run.id}"))
+        if not executions:
+            continue
+        by_node = {}
+        for execution in executions:
+            for context in store.get_contexts_by_execution(execution.id):
+                if context.type_id == node_type.id and context.name.startswith(prefix):
+                    by_node[context.name[len(prefix):]] = execution
+        runs.append((run, by_node))
+    return runs
+
+
+def run_history(metadata_path: str, pipeline_name: str) -> list[RunRecord]:
+    if not os.path.exists(metadata_path):
+        return []
+    store = _store(metadata_path)
+    records = []
+    State = metadata_store_pb2.Execution.State  # pylint: disable=invalid-name
+    for run, nodes in runs_by_node(store, pipeline_name):
+        def outputs(node):
+            return _artifacts(store, nodes[node].id, _OUTPUT_EVENTS) if node in nodes else {}
+
+        examples = _first(outputs(EXAMPLE_GEN_ID), "examples")
+        spans, eval_span = None, None
+        if examples is not None and _custom(examples, "spans"):
+            spans = json.loads(_custom(examples, "spans"))
+            eval_span = _custom(examples, "eval_span", "int_value")
+        model = _first(outputs(TRAINER_ID), "model")
+        evaluator = outputs(EVALUATOR_ID)
+        evaluation, blessing = _first(evaluator, "evaluation"), _first(evaluator, "blessing")
+        evaluated = (EVALUATOR_ID in nodes and nodes[EVALUATOR_ID].last_known_state in _DONE
+                     and blessing is not None)
+        pushed = _first(outputs(PUSHER_ID), "pushed_model")
+        pushed_version = None
+        if pushed is not None and _custom(pushed, "pushed", "int_value") == 1:
+            pushed_version = _custom(pushed, "pushed_version")
+        records.append(RunRecord(
+            run_id=run.name, started=run.create_time_since_epoch / 1000.0,
+            spans=spans, eval_span=eval_span,
+            examples_id=examples.id if examples is not None else None,
+            model_id=model.id if model is not None else None,
+            model_uri=model.uri if model is not None else None,
+            val_mean_map=_custom(evaluation, "val_mean_map", "double_value"),
+            test_mean_map=_custom(evaluation, "test_mean_map", "double_value"),
+            evaluated=evaluated,
+            blessed=(_custom(blessing, "blessed", "int_value") == 1) if evaluated else None,
+            reason=_custom(blessing, "blessing_message") or "",
+            pushed_version=pushed_version,
+            states={n: State.Name(e.last_known_state) for n, e in nodes.items()}))
+    return records
+
+
+def last_blessed(records: list[RunRecord]) -> Optional[RunRecord]:
+    blessed = [r for r in records if r.blessed]
+    return blessed[-1] if blessed else None
+
+
+def last_evaluated(records: list[RunRecord]) -> Optional[RunRecord]:
+    evaluated = [r for r in records if r.evaluated]
+    return evaluated[-1] if evaluated else None
+
+
+def _short_reason(record: RunRecord) -> str:
+    if not record.evaluated:
+        failed = [n for n, s in record.states.items() if s == "FAILED"]
+        return f"not evaluated (failed: {', '.join(failed)})" if failed else "not evaluated"
+    reason = record.reason
+    if reason.startswith("NOT blessed: "):
+        reason = reason[len("NOT blessed: "):]
+    elif reason.startswith("blessed: "):
+        reason = reason[len("blessed: "):]
+    return reason
+
+
+def format_history(records: list[RunRecord]) -> str:
+    """One line per run: time, spans, model id, val/test mean MAP, blessed, pushed version."""
+    if not records:
+        return "no runs recorded"
+    header = ("run", "started (UTC)", "spans", "eval", "model", "val MAP", "test MAP",
+              "blessed", "pushed", "reason")
+    rows = []
+    for number, r in enumerate(records, 1):
+        started = datetime.datetime.fromtimestamp(r.started, datetime.timezone.utc)
+        rows.append((
+            str(number), started.strftime("%Y-%m-%d %H:%M:%S"),
+            ",".join(map(str, r.spans)) if r.spans else "-",
+            str(r.eval_span) if r.eval_span is not None else "-",
+            str(r.model_id) if r.model_id is not None else "-",
+            f"{r.val_mean_map:.4f}" if r.val_mean_map is not None else "-",
+            f"{r.test_mean_map:.4f}" if r.test_mean_map is not None else "-",
+            {True: "yes", False: "no", None: "-"}[r.blessed],
+            r.pushed_version or "-",
+            _short_reason(r)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(row):
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]
+
+    ids = "\n".join(f"  run {n}: {r.run_id}" for n, r in enumerate(records, 1))
+    return "\n".join([line(header), *map(line, rows)]) + "\nrun ids:\n" + ids
