@@ -1,6 +1,13 @@
 """Shared fixtures: a tiny feature dataset (on disk too) and tiny CM-GAN hyperparameters."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 
 from components.datasets import FeatureDataset, make_demo_dataset, write_feature_folder
@@ -45,3 +52,25 @@ def make_pipeline_config(tiny_feature_dir):
             **fields).resolved()
 
     return make
+
+
+@contextlib.contextmanager
+def serving_process(*serve_args: str):
+    """``cmgan serve <serve_args> --port 0`` in its own process; yields its host:port."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.serve_command", "serve", "--port", "0", *serve_args],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("serving "):
+            break
+    else:
+        pytest.fail("server did not start:\n" + "".join(output[-40:]))
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+    try:
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

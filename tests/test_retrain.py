@@ -11,10 +11,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +21,8 @@ from components.datasets import FeatureDataset, Split, make_demo_dataset, write_
 from pipeline import retrain_command
 from pipeline.history import run_history
 from serving.client import ServingClient
+
+from conftest import serving_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,24 +75,9 @@ def _versions(config) -> list[int]:
 @contextlib.contextmanager
 def _server(config):
     """``cmgan serve`` on the pushed models, polling every 0.5 s; yields host:port."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_command", "serve", "--model-base-path",
-         config.serving_root, "--model-name", config.model_name, "--port", "0",
-         "--poll-seconds", "0.5"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    for line in process.stdout:
-        output.append(line)
-        if line.startswith("serving "):
-            break
-    else:
-        pytest.fail("server did not start:\n" + "".join(output[-40:]))
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    try:
-        yield line.rsplit(" on ", 1)[1].strip()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    with serving_process("--model-base-path", config.serving_root, "--model-name",
+                         config.model_name, "--poll-seconds", "0.5") as address:
+        yield address
 
 
 def _served_version(client, config, text_dim) -> int:

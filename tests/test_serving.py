@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ from pipeline.local_runner import run_pipeline
 from serving import config_files
 from serving.client import ServingClient
 from serving.search_model import SEARCH_SIGNATURES
+
+from conftest import serving_process
 
 REPO = Path(__file__).resolve().parents[1]
 FRESH_LOAD = REPO / "tests" / "scripts" / "serving_fresh_load.py"
@@ -64,22 +65,9 @@ def model_config(pushed, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_config):
     """``cmgan serve`` in its own process; yields host:port."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_command", "serve",
-         "--model-config-file", model_config, "--port", "0", "--poll-seconds", "0.5",
-         "--max-message-mb", str(MAX_MESSAGE_MB), "--workers", "16"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    for line in process.stdout:
-        output.append(line)
-        if line.startswith("serving "):
-            break
-    else:
-        pytest.fail("server did not start:\n" + "".join(output[-40:]))
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    yield line.rsplit(" on ", 1)[1].strip()
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    with serving_process("--model-config-file", model_config, "--poll-seconds", "0.5",
+                         "--max-message-mb", str(MAX_MESSAGE_MB), "--workers", "16") as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
