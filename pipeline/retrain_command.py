@@ -18,7 +18,7 @@ from pipeline.config import PipelineConfig
 
 
 def _add_span_flags(parser: argparse.ArgumentParser) -> None:
-    run_command._add_pipeline_flags(parser)  # pylint: disable=protected-access
+    run_command.add_pipeline_flags(parser)
     parser.add_argument("--span-pattern",
                         help="span folder name under --data-dir with {SPAN} "
                              "(default: as configured, else span-{SPAN})")
@@ -117,10 +117,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmgan")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``python -m pipeline.retrain_command ...``: the ``cmgan`` command line."""
+    from pipeline.cli import main as cmgan_main
+
+    return cmgan_main(argv)
 
 
 if __name__ == "__main__":

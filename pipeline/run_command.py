@@ -22,7 +22,7 @@ def key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by run and compile; None means "as configured"."""
     parser.add_argument("--config", metavar="FILE", help="JSON config file (pipeline/config.py)")
     parser.add_argument("--dataset", choices=DATASETS, help="feature dataset (default: demo)")
@@ -94,7 +94,7 @@ def register(subparsers) -> None:
     run_parser = subparsers.add_parser(
         "run", help="run the TFX pipeline locally (LocalDagRunner + Beam DirectRunner)",
         description=run.__doc__)
-    _add_pipeline_flags(run_parser)
+    add_pipeline_flags(run_parser)
     run_parser.add_argument("--metrics-out", metavar="FILE",
                             help="write the test-split MAP of CM-GAN, CCA and classifier as JSON")
     run_parser.set_defaults(func=run)
@@ -102,7 +102,7 @@ def register(subparsers) -> None:
     compile_parser = subparsers.add_parser(
         "compile", help="compile the pipeline to a Kubeflow Pipelines V2 spec",
         description=compile_spec.__doc__)
-    _add_pipeline_flags(compile_parser)
+    add_pipeline_flags(compile_parser)
     compile_parser.add_argument("--output", default="cmgan-pipeline.json", metavar="FILE",
                                 help="PipelineJob JSON to write (default: %(default)s)")
     compile_parser.add_argument("--image", default=DEFAULT_IMAGE,
@@ -112,10 +112,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmgan")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``python -m pipeline.run_command ...``: the ``cmgan`` command line."""
+    from pipeline.cli import main as cmgan_main
+
+    return cmgan_main(argv)
 
 
 if __name__ == "__main__":

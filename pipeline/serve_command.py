@@ -146,12 +146,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmgan")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    """``python -m pipeline.serve_command ...``: the ``cmgan`` command line (pipeline/cli.py)."""
+    from pipeline.cli import main as cmgan_main
+
+    return cmgan_main(argv)
 
 
 if __name__ == "__main__":
