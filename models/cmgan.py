@@ -40,6 +40,9 @@ class CMGAN(keras.Model):
         self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
         self.image_generator, self.text_generator = build_generators(
             image_dim, text_dim, num_classes, hparams)
+        # The discriminators see modality features: after the input encoders, if any.
+        image_dim = self.image_generator.feature_dim
+        text_dim = self.text_generator.feature_dim
         self.intra_image_discriminator = IntraModalDiscriminator(image_dim, name="intra_image")
         self.intra_text_discriminator = IntraModalDiscriminator(text_dim, name="intra_text")
         # Conditioned on the image feature: real (E_I(x), x), fake (E_T(t), x).
@@ -121,15 +124,20 @@ class CMGAN(keras.Model):
     def metrics(self):
         return list(self.loss_trackers.values())
 
+    def _features(self, modality: str, inputs):
+        """Modality features as the discriminators see them: input encoders held fixed."""
+        return tf.stop_gradient(self.generator(modality).featurize(inputs, training=True))
+
     def _discriminator_losses(self, batch):
         """Per-example losses of the four discriminators; generators held fixed."""
-        x, t = batch["image"], batch["text"]
-        x_wrong, t_wrong = batch["wrong_image"], batch["wrong_text"]
         ig, tg = self.image_generator, self.text_generator
-        c_x, c_t = ig.encode(x, training=True), tg.encode(t, training=True)
+        x, t = self._features("image", batch["image"]), self._features("text", batch["text"])
+        x_wrong = self._features("image", batch["wrong_image"])
+        t_wrong = self._features("text", batch["wrong_text"])
+        c_x, c_t = ig.encode_features(x, training=True), tg.encode_features(t, training=True)
         x_hat, t_hat = ig.decode(c_x, training=True), tg.decode(c_t, training=True)
-        c_x_wrong = ig.encode(x_wrong, training=True)
-        c_t_wrong = tg.encode(t_wrong, training=True)
+        c_x_wrong = ig.encode_features(x_wrong, training=True)
+        c_t_wrong = tg.encode_features(t_wrong, training=True)
         c_x, c_t, x_hat, t_hat, c_x_wrong, c_t_wrong = map(
             tf.stop_gradient, (c_x, c_t, x_hat, t_hat, c_x_wrong, c_t_wrong))
         mismatched = self.hparams.wrong_pair == "mismatched"
@@ -148,9 +156,11 @@ class CMGAN(keras.Model):
 
     def _generator_loss(self, modality: str, batch):
         """G_I: fool the text-conditioned inter D and the image intra D, plus softmax loss;
-        G_T mirrors it. Forward pass recomputed for every step, as in the paper."""
-        own, other = (batch["image"], batch["text"]) if modality == "image" else (
-            batch["text"], batch["image"])
+        G_T mirrors it. Forward pass recomputed for every step, as in the paper. An input
+        encoder of the own modality learns through the common representation only."""
+        other_modality = "text" if modality == "image" else "image"
+        own = batch[modality]
+        other = self._features(other_modality, batch[other_modality])
         generator = self.generator(modality)
         inter = self.inter_text_discriminator if modality == "image" else (
             self.inter_image_discriminator)

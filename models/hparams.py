@@ -7,6 +7,11 @@ from typing import Any
 
 WRONG_PAIRS = ("mismatched", "matched")
 SEMANTIC_CLASSIFIERS = ("dense", "cosine")
+# What each generator's input is: "features" = precomputed vectors (also what Beam computes with
+# a keras:/torch: encoder); "cnn" = pixels into models.image_encoder; "kim_cnn" = token ids into
+# models.text_encoder. Both end-to-end encoders are trained with the generator.
+IMAGE_ENCODERS = ("features", "cnn")
+TEXT_ENCODERS = ("features", "kim_cnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +25,18 @@ class CMGANHParams:
     input_dropout: float = 0.0  # on each modality's input feature, before encoder 1
     dropout: float = 0.0  # after encoder 1 and before the semantic classifier
     shared_encoder: bool = True  # False unties encoder 2 (ablation)
+    # Input stages (see IMAGE_ENCODERS / TEXT_ENCODERS). Their outputs are the "features" the
+    # autoencoders reconstruct and the discriminators see (held fixed for the discriminators).
+    image_encoder: str = "features"
+    image_size: int = 32  # cnn: square side of the resized RGB image
+    cnn_channels: int = 32  # cnn: width of the first conv block (doubles per block)
+    cnn_feature_dim: int = 256  # cnn: output feature size
+    text_encoder: str = "features"
+    text_vocab_size: int = 20000  # kim_cnn: vocabulary Transform keeps (most frequent, train)
+    text_max_tokens: int = 256  # kim_cnn: tokens kept per text (longer texts are cut)
+    word_embedding_dim: int = 64  # kim_cnn
+    kim_filters: int = 100  # kim_cnn: filters per width (3, 4, 5)
+    kim_dropout: float = 0.5  # kim_cnn: on the sentence feature, as Kim (2014)
     # GAN-CLS "wrong" fake of the inter-modality discriminators: "mismatched" feeds
     # (E_I(x'), x) -- another class's common representation with the own feature, the
     # GAN-CLS intent; "matched" feeds (E_I(x'), x') as the authors' Torch code does.
@@ -55,10 +72,18 @@ class CMGANHParams:
         if self.semantic_classifier not in SEMANTIC_CLASSIFIERS:
             raise ValueError(f"semantic_classifier must be one of {SEMANTIC_CLASSIFIERS}, "
                              f"got {self.semantic_classifier!r}")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS} (keras:/torch: "
+                             f"encoders run in Beam and give features), got {self.image_encoder!r}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS} (torch: encoders run "
+                             f"in Beam and give features), got {self.text_encoder!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("common_dim", "hidden_dim", "inter_disc_hidden", "batch_size",
-                     "generator_steps", "epochs", "lr_halving_epochs", "validate_every"):
+                     "generator_steps", "epochs", "lr_halving_epochs", "validate_every",
+                     "image_size", "cnn_channels", "cnn_feature_dim", "text_vocab_size",
+                     "text_max_tokens", "word_embedding_dim", "kim_filters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -101,6 +126,7 @@ RETRIEVAL_TUNED: dict[str, Any] = {"semantic_classifier": "cosine", "shared_clas
                                    "ema_decay": 0.99, "jit_compile": True}
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
+    "demo-features": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
     "wikipedia": {**RETRIEVAL_TUNED, "epochs": 40, "validate_every": 2},
 }
 

@@ -17,6 +17,12 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
+def _model_input(values) -> np.ndarray:
+    """Token ids stay integers; features and pixels become float32."""
+    values = np.asarray(values)
+    return values if np.issubdtype(values.dtype, np.integer) else values.astype(np.float32)
+
+
 def class_balanced_batches(image: np.ndarray, text: np.ndarray, label: np.ndarray,
                            batch_size: int, seed: int = 0, start_batch: int = 0) -> tf.data.Dataset:
     """Infinite batches; `start_batch` continues the same stream (for resumed runs)."""
@@ -29,8 +35,7 @@ def class_balanced_batches(image: np.ndarray, text: np.ndarray, label: np.ndarra
     counts = np.array([np.sum(label == c) for c in classes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
-    images = tf.constant(np.asarray(image, np.float32))
-    texts = tf.constant(np.asarray(text, np.float32))
+    images, texts = tf.constant(_model_input(image)), tf.constant(_model_input(text))
     labels = tf.constant(label)
     order_t, counts_t, offsets_t = map(tf.constant, (order, counts, offsets))
     num_classes = int(classes.size)

@@ -9,7 +9,9 @@ re-run's cached upstream components hand it the same input artifacts).
 custom_config keys: ``hparams`` (dict for CMGANHParams.from_dict), ``strategy``
 (default | mirrored | multi_worker), ``checkpoint_root`` (folder; no checkpoints when empty),
 ``warm_start`` (bool: start from the weights of the Trainer's ``base_model``, the latest blessed
-model, when it has compatible ones).
+model, when it has compatible ones), ``image_feature_encoder`` (a ``keras:<Application>`` spec
+whose features ExampleGen computed in Beam, with ``image_feature_encoder_weights``,
+``image_feature_size`` and ``seed``: the same network is built again for ``encode_image_bytes``).
 
 Besides the SavedModel, the Keras weights are written to ``<model artifact>/warm_start/`` so a
 later run can warm start from this model.
@@ -35,6 +37,7 @@ from models.training import embed, train_cmgan
 
 TRAINING_REPORT = "training_report.json"
 REFERENCE_EMBEDDINGS = "reference_embeddings.npz"
+COMMON_SPACE = "common_space.npz"  # val embeddings before and after training, for the report
 NUM_REFERENCE_EXAMPLES = 32
 WARM_START_DIR, WARM_START_WEIGHTS = "warm_start", "cmgan.weights.h5"
 
@@ -97,7 +100,9 @@ def run_fn(fn_args) -> None:
 
     chief = _is_chief()
     export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
-    export_serving_model(result.model, tf_transform_output, export_dir)
+    extractor, extractor_size = _image_feature_extractor(config)
+    export_serving_model(result.model, tf_transform_output, export_dir, extractor,
+                         extractor_size)
     if not chief:
         return
     _write_weights(result.model, warm_start_weights_path(fn_args.serving_model_dir))
@@ -105,6 +110,35 @@ def run_fn(fn_args) -> None:
     _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes,
                   warm)
     _write_reference_embeddings(fn_args.model_run_dir, result.model, val)
+    _write_common_space(fn_args.model_run_dir, result, val)
+
+
+def _image_feature_extractor(config: dict[str, Any]):
+    """The keras: image encoder Beam ran, rebuilt identically, for ``encode_image_bytes``."""
+    spec = config.get("image_feature_encoder") or ""
+    if not spec.startswith("keras:"):
+        return None, None
+    from components import keras_encoders  # pylint: disable=import-outside-toplevel
+
+    encoder = keras_encoders.build_keras_encoder(
+        spec, weights=config.get("image_feature_encoder_weights") or "none",
+        image_size=config.get("image_feature_size") or None, seed=int(config.get("seed", 0)))
+    return encoder.model, encoder.image_size
+
+
+def _write_common_space(run_dir: str, result, val) -> None:
+    """Val embeddings of the untrained and the trained model (L2-normalised), same pairs."""
+    if result.initial_val_embeddings is None:
+        return
+    image_before, text_before = result.initial_val_embeddings
+    n = len(image_before)
+    image_after, text_after = embed(result.model, val.image[:n], val.text[:n])
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=val.ids[:n], labels=val.label[:n],
+             image_before=l2_normalise(image_before), text_before=l2_normalise(text_before),
+             image_after=l2_normalise(image_after), text_after=l2_normalise(text_after))
+    with tf.io.gfile.GFile(os.path.join(run_dir, COMMON_SPACE), "wb") as f:
+        f.write(buffer.getvalue())
 
 
 def _write_weights(model, path: str) -> None:

@@ -34,6 +34,12 @@ class TrainResult:
     resumed_from_epoch: int
     strategy: tf.distribute.Strategy
     warm_started_from: str | None = None  # weights file loaded before training, if any
+    # (image, text) embeddings of the first COMMON_SPACE_SAMPLE val pairs by the freshly
+    # initialised model: the "before training" picture of the common space.
+    initial_val_embeddings: tuple[np.ndarray, np.ndarray] | None = None
+
+
+COMMON_SPACE_SAMPLE = 1000
 
 
 def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
@@ -175,6 +181,10 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     with strategy.scope():
         model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
         model.compile(steps_per_epoch=steps, jit_compile=jit_compile)
+    initial = None
+    if val is not None:
+        n = min(COMMON_SPACE_SAMPLE, len(val.label))
+        initial = embed(model, val.image[:n], val.text[:n])
     state = _TrainingState()
     selection = ValidationSelection(val, hparams, hparams.epochs, state, checkpoint_dir,
                                     verbose)
@@ -211,4 +221,4 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     return TrainResult(model=model, history=selection.history,
                        best_epoch=int(state.best_epoch.numpy()) or hparams.epochs,
                        best_val=best_val, resumed_from_epoch=resumed, strategy=strategy,
-                       warm_started_from=warm_started_from)
+                       warm_started_from=warm_started_from, initial_val_embeddings=initial)

@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import retrain_command, run_command, serve_command, train_command
+    from pipeline import (report_command, retrain_command, run_command, serve_command,
+                          train_command, web_command)
 
     parser = argparse.ArgumentParser(
         prog="cmgan",
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.register(subparsers)
     serve_command.register(subparsers)
     retrain_command.register(subparsers)
+    report_command.register(subparsers)
+    web_command.register(subparsers)
     return parser
 
 

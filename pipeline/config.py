@@ -16,12 +16,18 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
-from components.datasets import DATASET_NAMES
 from models.distribute import STRATEGIES
 from models.hparams import CMGANHParams, hparams_for_dataset
 
-# "examples": a folder with train/, val/, test/ of tf.Example TFRecords (ImportExampleGen).
-DATASETS = (*DATASET_NAMES, "examples")
+# Pipeline datasets. Raw (RawExampleGen, Beam decodes and validates): "demo" (the embedded,
+# seeded image/caption demo, made by the pipeline itself), "raw" (a pairs.csv folder) and
+# "wikipedia" with a text encoder other than "features" (raw article texts + SIFT features).
+# Features (FeatureExampleGen): "demo-features" (the synthetic feature demo), "wikipedia",
+# "features" (an npz folder). "examples": train/, val/, test/ of tf.Example TFRecords.
+RAW_DATASETS = ("demo", "raw")
+DATASETS = ("demo", "raw", "wikipedia", "features", "demo-features", "examples")
+IMAGE_ENCODER_KINDS = ("features", "cnn", "keras:", "torch:")
+TEXT_ENCODERS = ("features", "kim_cnn", "torch:minilm")
 DEFAULT_IMAGE = "cmgan-tfx:latest"  # Kubeflow: an image with this project installed
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
@@ -39,12 +45,40 @@ class DataConfig:
     span_pattern: Optional[str] = None
     span_window: int = 1
     eval_span: str = "first"
+    # Encoders per modality ("" = the dataset's default: cnn + kim_cnn for raw datasets,
+    # features otherwise). image: features | cnn | keras:<Application> | torch:efficientnet-lite0;
+    # text: features | kim_cnn | torch:minilm. keras:/torch: encoders run in Beam (RunInference).
+    image_encoder: str = ""
+    text_encoder: str = ""
+    image_encoder_weights: str = "none"  # keras: encoders: imagenet | none | a weights file
+    image_size: Optional[int] = None  # resize side; default 32 for cnn, the app's own for keras:
+    # Raw datasets: the run fails when more than this fraction of records is quarantined.
+    max_quarantine_fraction: float = 0.05
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.dataset != "demo" and not self.data_dir:
+        if self.dataset not in ("demo", "demo-features") and not self.data_dir:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir")
+        image, text = self.encoders()
+        if not any(image.startswith(k) and len(image) > len(k) if k.endswith(":") else image == k
+                   for k in IMAGE_ENCODER_KINDS):
+            raise ValueError(f"image_encoder must be features, cnn, keras:<Application> or "
+                             f"torch:<name>, got {image!r}")
+        if text not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {text!r}")
+        if self.dataset in RAW_DATASETS and (image == "features" or text == "features"):
+            raise ValueError(f"dataset {self.dataset!r} has raw images and texts: choose image "
+                             "and text encoders other than 'features'")
+        if self.dataset == "wikipedia" and image != "features":
+            raise ValueError("wikipedia's images are SIFT features: image_encoder must be "
+                             "'features' (the text encoder may be raw: kim_cnn, torch:minilm)")
+        if self.dataset not in (*RAW_DATASETS, "wikipedia") and (image, text) != ("features",
+                                                                                  "features"):
+            raise ValueError(f"dataset {self.dataset!r} holds features: encoders must be "
+                             "'features'")
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            raise ValueError("max_quarantine_fraction must be in [0, 1]")
         object.__setattr__(self, "eval_span", str(self.eval_span))
         if self.span_pattern:
             from components import spans  # pylint: disable=import-outside-toplevel
@@ -55,6 +89,26 @@ class DataConfig:
             spans.check_eval_span(self.eval_span)
             if int(self.span_window) < 1:
                 raise ValueError(f"span_window must be >= 1, got {self.span_window}")
+
+    def encoders(self) -> tuple[str, str]:
+        """(image, text) encoders, dataset defaults filled in."""
+        raw = self.dataset in RAW_DATASETS
+        return (self.image_encoder or ("cnn" if raw else "features"),
+                self.text_encoder or ("kim_cnn" if raw else "features"))
+
+    @property
+    def is_raw(self) -> bool:
+        """Read by RawExampleGen (images and/or texts decoded and validated in Beam)."""
+        return self.dataset in RAW_DATASETS or self.encoders()[1] != "features"
+
+    def model_encoders(self) -> dict[str, Any]:
+        """The model's view: keras:/torch: encoders ran in Beam, so their output is features."""
+        image, text = self.encoders()
+        values: dict[str, Any] = {"image_encoder": "cnn" if image == "cnn" else "features",
+                                  "text_encoder": "kim_cnn" if text == "kim_cnn" else "features"}
+        if image == "cnn" and self.image_size:
+            values["image_size"] = int(self.image_size)
+        return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +182,8 @@ class PipelineConfig:
 
     def cmgan_hparams(self) -> CMGANHParams:
         """Paper defaults, then the dataset's preset, then the configured overrides."""
-        return hparams_for_dataset(self.data.dataset, dict(self.training.hparams))
+        return hparams_for_dataset(self.data.dataset,
+                                   {**self.data.model_encoders(), **self.training.hparams})
 
     @property
     def checkpoint_root(self) -> str:
@@ -183,7 +238,8 @@ class PipelineConfig:
         fields = {k: v for k, v in fields.items() if v is not None}
         data = dataclasses.replace(self.data, **{k: v for k, v in
                                                  (("dataset", dataset), ("data_dir", data_dir))
-                                                 if v is not None})
+                                                 if v is not None},
+                                   **{k: fields.pop(k) for k in DATA_FLAGS if k in fields})
         training = dataclasses.replace(
             self.training, hparams={**self.training.hparams, **(hparams or {})},
             **({"strategy": fields.pop("strategy")} if "strategy" in fields else {}))
@@ -194,6 +250,10 @@ class PipelineConfig:
             fields["beam_args"] = tuple(beam_args)
         return dataclasses.replace(self, data=data, training=training, evaluation=evaluation,
                                    **fields)
+
+
+DATA_FLAGS = ("image_encoder", "text_encoder", "image_encoder_weights", "image_size",
+              "max_quarantine_fraction")
 
 
 def _absolute(path: str) -> str:

@@ -182,3 +182,60 @@ def format_history(records: list[RunRecord]) -> str:
 
     ids = "\n".join(f"  run {n}: {r.run_id}" for n, r in enumerate(records, 1))
     return "\n".join([line(header), *map(line, rows)]) + "\nrun ids:\n" + ids
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArtifacts:
+    """One pipeline run's executions and their output artifacts (for ``cmgan report``)."""
+
+    run_id: str
+    number: int  # 1-based, as ``cmgan history`` numbers runs
+    started: float  # seconds since the epoch
+    executions: dict[str, metadata_store_pb2.Execution]
+    outputs: dict[str, dict[str, list[metadata_store_pb2.Artifact]]]
+
+    def artifact(self, node: str, key: str) -> Optional[metadata_store_pb2.Artifact]:
+        return _first(self.outputs.get(node, {}), key)
+
+    def completed(self, node: str) -> bool:
+        execution = self.executions.get(node)
+        return execution is not None and execution.last_known_state in _DONE
+
+
+def pipeline_names(metadata_path: str) -> list[str]:
+    """Pipelines recorded in a metadata store (to say which exist when a name is wrong)."""
+    if not os.path.exists(metadata_path):
+        return []
+    return sorted(c.name for c in _store(metadata_path).get_contexts_by_type("pipeline"))
+
+
+def find_run(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> RunArtifacts:
+    """``LATEST`` (the newest run whose RetrievalEvaluator completed), a run number as listed
+    by ``cmgan history``, or a run id. Raises LookupError naming what exists."""
+    if not os.path.exists(metadata_path):
+        raise LookupError(f"no ML Metadata store at {metadata_path}")
+    store = _store(metadata_path)
+    runs = runs_by_node(store, pipeline_name)
+    if not runs:
+        known = ", ".join(pipeline_names(metadata_path)) or "none"
+        raise LookupError(f"no runs of pipeline {pipeline_name!r} in {metadata_path} "
+                          f"(pipelines recorded: {known})")
+    numbered = list(enumerate(runs, 1))
+    if run.upper() == "LATEST":
+        chosen = [(n, r) for n, r in numbered
+                  if EVALUATOR_ID in r[1] and r[1][EVALUATOR_ID].last_known_state in _DONE]
+        if not chosen:
+            raise LookupError(f"no run of {pipeline_name} reached the {EVALUATOR_ID}")
+        number, (context, nodes) = chosen[-1]
+    else:
+        matches = [(n, r) for n, r in numbered
+                   if r[0].name == run or (run.isdigit() and int(run) == n)]
+        if not matches:
+            ids = "; ".join(f"{n}: {r[0].name}" for n, r in numbered)
+            raise LookupError(f"no run {run!r} of {pipeline_name}; runs: {ids}")
+        number, (context, nodes) = matches[0]
+    outputs = {node: _artifacts(store, execution.id, _OUTPUT_EVENTS)
+               for node, execution in nodes.items()}
+    return RunArtifacts(run_id=context.name, number=number,
+                        started=context.create_time_since_epoch / 1000.0,
+                        executions=dict(nodes), outputs=outputs)

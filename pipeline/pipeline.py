@@ -1,7 +1,8 @@
 """The CM-GAN retrieval pipeline definition: one pure function from arguments to a TFX Pipeline.
 
-ExampleGen -> StatisticsGen -> SchemaGen (train only) -> SchemaCurator -> ExampleValidator ->
-AnomaliesGate -> Transform (z-scores) -> Trainer (CM-GAN) -> RetrievalEvaluator (vs. the latest
+ExampleGen (RawExampleGen for raw images/texts: Beam decodes, validates, quarantines, and runs
+keras:/torch: encoders; FeatureExampleGen for feature datasets) -> StatisticsGen -> SchemaGen (train only) -> SchemaCurator -> ExampleValidator ->
+AnomaliesGate -> Transform (z-scores; pixels to [0, 1]; tokenization and vocabulary) -> Trainer (CM-GAN) -> RetrievalEvaluator (vs. the latest
 blessed model, CCA and classifier) -> Pusher (TF Serving layout) -> GallerySearch (the search
 companion servable ``<model_name>-search/<same version>``).
 
@@ -19,17 +20,27 @@ from components.anomalies_gate import AnomaliesGate
 from components.datasets import SPLITS
 from components.feature_example_gen import FeatureExampleGen
 from components.gallery_search import GallerySearch
+from components.raw_example_gen import RawExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.schema_curator import SchemaCurator
+from models.preprocessing import transform_config
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
 TRAIN_SPLIT, EVAL_SPLIT = "train", "val"
 
 
+RAW_EXAMPLE_GEN_DATASETS = {"demo": "demo", "raw": "raw", "wikipedia": "wikipedia_raw"}
+
+
 def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction: float,
                  span_pattern: Optional[str] = None, span_window: int = 1,
-                 eval_span: str = "first"):
+                 eval_span: str = "first", raw: Optional[Mapping[str, Any]] = None):
+    if raw is not None:
+        return RawExampleGen(dataset=RAW_EXAMPLE_GEN_DATASETS[dataset], data_dir=data_dir,
+                             seed=seed, val_fraction=val_fraction, **raw)
+    if dataset == "demo-features":
+        dataset = "demo"
     if dataset == "examples":
         # Pre-built tf.Example TFRecords in <data_dir>/{train,val,test}/.
         return tfx.components.ImportExampleGen(
@@ -66,11 +77,14 @@ def create_pipeline(
         span_window: int = 1,
         eval_span: str = "first",
         warm_start: bool = False,
+        raw_inputs: Optional[Mapping[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; does no I/O. ``push_directory`` is ``<serving_root>/<model_name>``;
-    ``search_directory`` (None: no GallerySearch) the search companion's base path."""
+    ``search_directory`` (None: no GallerySearch) the search companion's base path.
+    ``raw_inputs`` (None: a feature dataset): RawExampleGen's encoder settings, keys
+    image_encoder, image_encoder_weights, image_size, text_encoder, max_quarantine_fraction."""
     example_gen = _example_gen(dataset, data_dir, seed, val_fraction, span_pattern, span_window,
-                               eval_span)
+                               eval_span, raw_inputs)
     examples = example_gen.outputs["examples"]
 
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
@@ -91,6 +105,7 @@ def create_pipeline(
         examples=examples,
         schema=anomalies_gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
+        custom_config=transform_config(hparams),
         splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(SPLITS)))
 
     latest_blessed_model = tfx.dsl.Resolver(
@@ -110,7 +125,8 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
         custom_config={"hparams": dict(hparams), "strategy": strategy,
                        "checkpoint_root": checkpoint_root,
-                       **({"warm_start": True} if warm_start else {})},
+                       **({"warm_start": True} if warm_start else {}),
+                       **_image_feature_encoder(raw_inputs, seed)},
         **warm)
 
     evaluator = RetrievalEvaluator(
@@ -144,6 +160,16 @@ def create_pipeline(
         beam_pipeline_args=list(beam_pipeline_args))
 
 
+def _image_feature_encoder(raw_inputs: Optional[Mapping[str, Any]], seed: int) -> dict:
+    """What the Trainer needs to rebuild a keras: image encoder Beam ran (encode_image_bytes)."""
+    spec = (raw_inputs or {}).get("image_encoder", "")
+    if not spec.startswith("keras:"):
+        return {}
+    return {"image_feature_encoder": spec,
+            "image_feature_encoder_weights": raw_inputs.get("image_encoder_weights", "none"),
+            "image_feature_size": raw_inputs.get("image_size"), "seed": seed}
+
+
 def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """create_pipeline with every argument taken from a (resolved) PipelineConfig."""
     config = config.resolved()
@@ -169,5 +195,16 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         span_pattern=config.data.span_pattern,
         span_window=config.data.span_window,
         eval_span=config.data.eval_span,
-        warm_start=config.training.warm_start)
+        warm_start=config.training.warm_start,
+        raw_inputs=_raw_inputs(config.data))
+
+
+def _raw_inputs(data) -> Optional[dict[str, Any]]:
+    if not data.is_raw:
+        return None
+    image, text = data.encoders()
+    return {"image_encoder": image, "text_encoder": text,
+            "image_encoder_weights": data.image_encoder_weights,
+            "image_size": data.image_size or (32 if image == "cnn" else 0),
+            "max_quarantine_fraction": data.max_quarantine_fraction}
 

@@ -44,6 +44,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if args.warm_start:
         config = dataclasses.replace(config, training=dataclasses.replace(config.training,
                                                                           warm_start=True))
+    # Retraining works on spans of a feature dataset; history also reads other pipelines.
+    if args.func is history and config.data.dataset != "features":
+        return config.resolved()
     return with_span_defaults(config).resolved()
 
 

@@ -25,8 +25,22 @@ def key_value(text: str) -> tuple[str, str]:
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by run and compile; None means "as configured"."""
     parser.add_argument("--config", metavar="FILE", help="JSON config file (pipeline/config.py)")
-    parser.add_argument("--dataset", choices=DATASETS, help="feature dataset (default: demo)")
-    parser.add_argument("--data-dir", help="dataset folder (all datasets but demo)")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="demo (default: the embedded raw image/caption demo), raw (a "
+                             "pairs.csv folder), wikipedia, features, demo-features, examples")
+    parser.add_argument("--data-dir", help="dataset folder (all datasets but the demos)")
+    parser.add_argument("--image-encoder", metavar="ENCODER",
+                        help="features | cnn | keras:<Application> | torch:efficientnet-lite0 "
+                             "(default: cnn for raw datasets, else features)")
+    parser.add_argument("--image-encoder-weights", metavar="WEIGHTS",
+                        help="keras: encoders: imagenet | none | a local weights file")
+    parser.add_argument("--image-size", type=int, help="resize side in pixels")
+    parser.add_argument("--text-encoder", metavar="ENCODER",
+                        help="features | kim_cnn | torch:minilm (default: kim_cnn for raw "
+                             "datasets, else features; wikipedia + kim_cnn reads raw texts)")
+    parser.add_argument("--max-quarantine-fraction", type=float,
+                        help="raw datasets: fail when more records are quarantined "
+                             "(default 0.05)")
     parser.add_argument("--pipeline-name", help="default: cmgan-<dataset>")
     parser.add_argument("--pipeline-root", help="default: ./runs/<pipeline-name>")
     parser.add_argument("--serving-root", help="default: ./serving_models")
@@ -56,7 +70,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         dataset=args.dataset, data_dir=args.data_dir, hparams=hparams, beam_args=args.beam_arg,
         pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root,
         serving_root=args.serving_root, model_name=args.model_name, strategy=args.strategy,
-        map_threshold=args.map_threshold, map_margin=args.map_margin).resolved()
+        map_threshold=args.map_threshold, map_margin=args.map_margin,
+        image_encoder=args.image_encoder, text_encoder=args.text_encoder,
+        image_encoder_weights=args.image_encoder_weights, image_size=args.image_size,
+        max_quarantine_fraction=args.max_quarantine_fraction).resolved()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,9 +30,28 @@ def serve(args: argparse.Namespace) -> int:
                             max_message_bytes=args.max_message_mb << 20,
                             request_timeout_s=args.request_timeout_s,
                             max_workers=args.workers)
-    serve_forever(manager, options, on_ready=lambda port: print(
-        f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True))
+
+    def on_ready(port: int) -> None:
+        print(f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True)
+        if args.web_port is not None:
+            _start_web_page(args, port)
+
+    serve_forever(manager, options, on_ready=on_ready)
     return 0
+
+
+def _start_web_page(args: argparse.Namespace, grpc_port: int) -> None:
+    """``--web-port``: the search page (serving/web.py) in this process, on a daemon thread."""
+    import threading
+
+    from serving.web import WebOptions, make_server
+
+    server = make_server(WebOptions(server=f"127.0.0.1:{grpc_port}", model=args.model_name,
+                                    model_base_path=args.model_base_path, host=args.host,
+                                    port=args.web_port))
+    host, port = server.server_address[:2]
+    threading.Thread(target=server.serve_forever, daemon=True, name="web-page").start()
+    print(f"search page on http://{host}:{port}/", flush=True)
 
 
 def _write_configs(args: argparse.Namespace) -> int:
@@ -54,19 +73,16 @@ def _write_configs(args: argparse.Namespace) -> int:
 
 def query(args: argparse.Namespace) -> int:
     """Prints the top-k gallery items (id, label, cosine score) for each query row."""
-    import numpy as np
 
     from serving.client import ServingClient, format_results
 
-    if args.text is not None:
-        print("cmgan query: raw text queries arrive with the raw-data issue (#5); pass "
-              "--text-features FILE.npy (the text features the model was trained on)",
-              file=sys.stderr)
+    try:
+        kind, value = _query_input(args)
+    except (OSError, ValueError) as error:
+        print(f"cmgan query: {error}", file=sys.stderr)
         return 2
-    kind, path = next((k, p) for k, p in (("text", args.text_features),
-                                          ("image", args.image_features),
-                                          ("embedding", args.embedding)) if p)
-    target = args.target or {"text": "image", "image": "text"}.get(kind)
+    target = args.target or {"text": "image", "image": "text", "text_string": "image",
+                             "image_bytes": "text"}.get(kind)
     if target is None:
         print("cmgan query: --embedding needs --target image|text", file=sys.stderr)
         return 2
@@ -74,7 +90,7 @@ def query(args: argparse.Namespace) -> int:
 
     with ServingClient(args.server, timeout_s=args.timeout_s) as client:
         try:
-            result = client.search(args.model_name, np.load(path), query_kind=kind,
+            result = client.search(args.model_name, value, query_kind=kind,
                                    target=target, k=args.top_k)
         except grpc.RpcError as error:
             print(f"cmgan query: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -84,6 +100,32 @@ def query(args: argparse.Namespace) -> int:
             return 2
     print(format_results(result))
     return 0
+
+
+def _query_input(args: argparse.Namespace):
+    """(query kind, value) from the flags. Raw queries go to the model's own in-graph
+    preprocessing, except with a PyTorch encoder, whose features are computed here."""
+    import numpy as np
+
+    if args.text is not None or args.image is not None:
+        encoder = args.client_encoder
+        raw = [args.text] if args.text is not None else [open(p, "rb").read() for p in args.image]
+        if encoder:
+            from components import torch_encoders  # pylint: disable=import-outside-toplevel
+
+            torch_encoders.require(encoder)
+            if args.text is None:
+                from models.image_decoding import decode_and_resize  # pylint: disable=C0415
+
+                size = torch_encoders.image_size(encoder)
+                raw = [decode_and_resize(data, size).numpy() for data in raw]
+            return ("text" if args.text is not None else "image",
+                    torch_encoders.encode_directly(encoder, raw))
+        return ("text_string", raw) if args.text is not None else ("image_bytes", raw)
+    kind, path = next((k, p) for k, p in (("text", args.text_features),
+                                          ("image", args.image_features),
+                                          ("embedding", args.embedding)) if p)
+    return kind, np.load(path)
 
 
 def register(subparsers) -> None:
@@ -113,6 +155,9 @@ def register(subparsers) -> None:
     serve_parser.add_argument("--request-timeout-s", type=float, default=30.0,
                               help="per-request deadline, capped by the client's own")
     serve_parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve_parser.add_argument("--web-port", type=int, metavar="PORT",
+                              help="also serve the search page (as `cmgan web`) on this port "
+                                   "(0 picks a free one)")
     serve_parser.add_argument("--write-config", metavar="DIR",
                               help="instead of serving, write models.config and "
                                    "batching_parameters.txt for tensorflow/serving into DIR")
@@ -123,8 +168,10 @@ def register(subparsers) -> None:
 
     query_parser = subparsers.add_parser(
         "query", help="top-k cross-modal retrieval against a running server",
-        description=query.__doc__ + " Raw text (--text) and raw image queries need the raw-data "
-                                    "issue (#5); until then queries are feature vectors.")
+        description=query.__doc__ + " Raw --text and --image queries are preprocessed by the "
+                                    "served model itself (models trained with the cnn, keras: or "
+                                    "kim_cnn encoders); for a model trained with a torch: encoder "
+                                    "pass --client-encoder and the features are computed here.")
     query_parser.add_argument("--server", default=f"127.0.0.1:{DEFAULT_PORT}",
                               help="host:port (default: %(default)s)")
     source = query_parser.add_mutually_exclusive_group(required=True)
@@ -134,7 +181,12 @@ def register(subparsers) -> None:
                         help="image feature vector(s), [d_img] or [N, d_img]")
     source.add_argument("--embedding", metavar="FILE.npy",
                         help="already-encoded common vector(s), [common_dim] or [N, common_dim]")
-    source.add_argument("--text", help="raw text: not available until the raw-data issue (#5)")
+    source.add_argument("--text", help="a sentence (search_text_string)")
+    source.add_argument("--image", nargs="+", metavar="PATH",
+                        help="JPEG/PNG file(s) (search_image_bytes)")
+    query_parser.add_argument("--client-encoder", metavar="torch:NAME",
+                              help="the model's PyTorch encoder (torch:minilm, "
+                                   "torch:efficientnet-lite0): encode --text/--image here first")
     query_parser.add_argument("--target", choices=("image", "text"),
                               help="gallery modality to search (default: the other one)")
     query_parser.add_argument("--top-k", type=int, default=10, help="default: %(default)s")

@@ -15,6 +15,25 @@ if [ -z "$PYTHON" ]; then
 fi
 [ -n "$PYTHON" ] || { echo "setup: Python 3.11 not found (set CMGAN_PYTHON)" >&2; exit 1; }
 
+# Headless Chromium + its WebDriver (Debian packages) for the search page's browser test
+# (tests/test_web.py). Nothing happens when both are present.
+install_browser() {
+  local apt=(apt-get)
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "setup: chromium/chromedriver missing and not root (no sudo): install the Debian" \
+           "packages chromium and chromium-driver for tests/test_web.py" >&2; return 0; }
+    apt=(sudo -n apt-get)
+  fi
+  echo "setup: installing chromium and chromium-driver (apt-get)" >&2
+  local install=("${apt[@]}" install -y -q --no-install-recommends chromium chromium-driver)
+  DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -q >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null || \
+      echo "setup: warning: could not install chromium/chromium-driver" >&2; }
+}
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || install_browser
+
 want=$(cat requirements.lock setup.py | sha256sum | cut -d' ' -f1)
 stamp=.venv/.cmgan-setup-stamp
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/cmgan ]; then

@@ -22,7 +22,7 @@ from serving.config_files import search_model_name
 from serving.search_model import MODALITIES
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-QUERY_KINDS = (*MODALITIES, EMBEDDING_KEY)  # what a search query can be
+QUERY_KINDS = (*MODALITIES, EMBEDDING_KEY, "image_bytes", "text_string")  # search_<kind>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,22 +132,36 @@ class ServingClient:
 
     def search(self, model: str, query, *, query_kind: str, target: str,
                k: int = 10) -> SearchResult:
-        """Top-k gallery items of ``target`` modality for raw features (``query_kind`` image or
-        text) or common embeddings (``embedding``). ``model`` is the encoder model's name; its
-        search companion ``<model>-search`` answers."""
+        """Top-k gallery items of ``target`` modality. ``query_kind``: ``image`` / ``text``
+        (what encode_image / encode_text take: features, or strings for raw-text models),
+        ``embedding`` (common embeddings), ``image_bytes`` (encoded JPEG/PNG bytes) or
+        ``text_string`` (UTF-8 texts); the last two only for models trained on raw inputs.
+        ``model`` is the encoder model's name; its search companion ``<model>-search`` answers."""
         if query_kind not in QUERY_KINDS:
             raise ValueError(f"query_kind must be one of {QUERY_KINDS}, got {query_kind!r}")
         if target not in MODALITIES:
             raise ValueError(f"target must be one of {MODALITIES}, got {target!r}")
         search_model = search_model_name(model)
-        query = np.atleast_2d(np.asarray(query, np.float32))
-        signature = self.signatures(search_model)[f"search_{query_kind}"]
-        dim = signature.inputs[query_kind].tensor_shape.dim[-1].size
-        if query.shape[-1] != dim:
-            raise ValueError(f"the served model expects {query_kind} vectors of dimension "
-                             f"{dim}, the query has {query.shape[-1]}")
-        outputs, version = self.predict(search_model, f"search_{query_kind}", {
-            query_kind: query, "target": np.array(target.encode()), "k": np.int32(k)})
+        name = f"search_{query_kind}"
+        signatures = self.signatures(search_model)
+        if name not in signatures:
+            raise ValueError(f"the served model has no {name} signature (it has "
+                             f"{', '.join(sorted(signatures))}); raw image/text queries need a "
+                             "model trained with the cnn / keras: / kim_cnn encoders")
+        (key, declared), = [(k_, v) for k_, v in signatures[name].inputs.items()
+                            if k_ not in ("target", "k")]
+        if declared.dtype == tf.string.as_datatype_enum:
+            items = [query] if isinstance(query, (str, bytes)) else list(query)
+            query = np.array([q.encode() if isinstance(q, str) else bytes(q) for q in items],
+                             object)
+        else:
+            query = np.atleast_2d(np.asarray(query, np.float32))
+            dim = declared.tensor_shape.dim[-1].size
+            if query.shape[-1] != dim:
+                raise ValueError(f"the served model expects {key} vectors of dimension "
+                                 f"{dim}, the query has {query.shape[-1]}")
+        outputs, version = self.predict(search_model, name, {
+            key: query, "target": np.array(target.encode()), "k": np.int32(k)})
         return SearchResult(ids=outputs["ids"].astype(str), labels=outputs["labels"],
                             scores=outputs["scores"], version=version)
 

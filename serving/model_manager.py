@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import prediction_log_pb2
 
+from models.export import load_serving_model
 from serving.config_files import ModelEntry, read_model_config
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -55,7 +56,7 @@ def list_versions(base_path: str) -> list[int]:
 
 def load_servable(name: str, version: int, path: str) -> Servable:
     saved_model = loader_impl.parse_saved_model(path)
-    loaded = tf.saved_model.load(path)
+    loaded = load_serving_model(path)
     # The meta graph also lists "__saved_model_init_op", which is not a callable signature.
     signature_defs = {name: signature for name, signature
                       in saved_model.meta_graphs[0].signature_def.items()

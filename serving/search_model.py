@@ -4,16 +4,23 @@ It is a plain SavedModel (matmul + ``tf.math.top_k``, gallery held in variables)
 TF Serving answers it as well as ``serving/server.py`` does. Signatures:
 
 - ``encode_image``, ``encode_text``, ``serving_default``: the pushed model's, unchanged;
-- ``search_image`` (``image`` [None, d_img]), ``search_text`` (``text`` [None, d_txt]) and
-  ``search_embedding`` (``embedding`` [None, common_dim], any length: it is L2-normalised here),
-  each with ``target`` string [] ("image" or "text": the gallery modality searched) and ``k``
+- ``search_image`` (``image``, as ``encode_image`` takes it), ``search_text`` (``text``, as
+  ``encode_text`` takes it), ``search_embedding`` (``embedding`` [None, common_dim], any length:
+  it is L2-normalised here), and for models trained on raw inputs ``search_image_bytes``
+  (``image_bytes`` string [None], encoded JPEG/PNG) and ``search_text_string`` (``text`` string
+  [None]); each with ``target`` string [] ("image" or "text": the gallery modality searched) and ``k``
   int32 [] -> ``ids`` string [None, k], ``labels`` int64 [None, k], ``scores`` float32 [None, k]
   (cosine, descending; ties keep gallery order, as models.metrics ranks). k above the gallery
   size returns the whole gallery.
+
+``assets.extra/gallery_items.jsonl`` describes the gallery for people (web page, report): one JSON
+object per item and modality: id, label, class_name, modality, and where the data is raw a text
+snippet or a base64 PNG thumbnail. TF Serving ignores assets.extra.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -21,12 +28,15 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from models.export import EMBEDDING_KEY
+from models.export import EMBEDDING_KEY, load_serving_model
 from models.preprocessing import IMAGE_KEY, TEXT_KEY
 from serving.approximate_index import ANN_MIN_ITEMS, ApproximateIndex, index_dir
 
 MODALITIES = (IMAGE_KEY, TEXT_KEY)
 SEARCH_SIGNATURES = ("search_image", "search_text", "search_embedding")
+RAW_SEARCH_SIGNATURES = {"search_image_bytes": "encode_image_bytes",
+                         "search_text_string": "encode_text_string"}
+GALLERY_ITEMS = "gallery_items.jsonl"
 SEARCH_OUTPUTS = ("ids", "labels", "scores")
 ENCODE_BATCH = 1024
 
@@ -43,12 +53,30 @@ class GalleryPart:
         return int(self.embeddings.shape[0])
 
 
-def encode(loaded, modality: str, features: np.ndarray) -> np.ndarray:
-    """Embeddings from a loaded SavedModel's ``encode_<modality>`` signature, in batches."""
-    fn = loaded.signatures[f"encode_{modality}"]
-    features = np.asarray(features, np.float32)
+def input_spec(loaded, signature: str) -> tf.TensorSpec:
+    """The one data input of an ``encode_*`` signature."""
+    (spec,) = loaded.signatures[signature].structured_input_signature[1].values()
+    return spec
+
+
+def encode(loaded, modality: str, features: np.ndarray, signature: str | None = None
+           ) -> np.ndarray:
+    """Embeddings from a loaded SavedModel's ``encode_<modality>`` signature (or ``signature``),
+    in batches; features are float vectors or, for raw-input models, strings."""
+    signature = signature or f"encode_{modality}"
+    fn = loaded.signatures[signature]
+    spec = input_spec(loaded, signature)
+    if spec.dtype == tf.string:
+        features = np.asarray([f if isinstance(f, bytes) else str(f).encode() for f in
+                               np.asarray(features, object).reshape(-1)], object)
+    else:
+        features = np.asarray(features, np.float32)
+        expected = spec.shape[-1]
+        if features.ndim != 2 or (expected is not None and expected != features.shape[1]):
+            raise ValueError(f"{signature} expects {spec.name} of shape [N, {expected}], got "
+                             f"{list(features.shape)}")
     dim = int(fn.structured_outputs[EMBEDDING_KEY].shape[-1])
-    parts = [fn(**{modality: tf.constant(features[i:i + ENCODE_BATCH])})[EMBEDDING_KEY].numpy()
+    parts = [fn(**{spec.name: tf.constant(features[i:i + ENCODE_BATCH])})[EMBEDDING_KEY].numpy()
              for i in range(0, len(features), ENCODE_BATCH)]
     return np.concatenate(parts) if parts else np.zeros([0, dim], np.float32)
 
@@ -87,8 +115,10 @@ class SearchModule(tf.Module):
         super().__init__()
         self.encoder = encoder
         self.galleries = {m: _GalleryVariables(gallery[m]) for m in MODALITIES}
-        self.image_dim = _input_dim(encoder, IMAGE_KEY)
-        self.text_dim = _input_dim(encoder, TEXT_KEY)
+        self.input_specs = {name: input_spec(encoder, name)
+                            for name in ("encode_image", "encode_text",
+                                         *RAW_SEARCH_SIGNATURES.values())
+                            if name in encoder.signatures}
         self.common_dim = int(
             encoder.signatures["encode_image"].structured_outputs[EMBEDDING_KEY].shape[-1])
 
@@ -118,24 +148,34 @@ class SearchModule(tf.Module):
     def search_embedding(self, embedding, target, k):
         return self._search(embedding, target, k)
 
+    @tf.function
+    def search_image_bytes(self, image_bytes, target, k):
+        embedded = self.encoder.signatures["encode_image_bytes"](
+            image_bytes=image_bytes)[EMBEDDING_KEY]
+        return self._search(embedded, target, k)
+
+    @tf.function
+    def search_text_string(self, text, target, k):
+        embedded = self.encoder.signatures["encode_text_string"](text=text)[EMBEDDING_KEY]
+        return self._search(embedded, target, k)
+
+    def query_specs(self) -> dict[str, tf.TensorSpec]:
+        """Search signature -> its query input (name, dtype, shape)."""
+        specs = {"search_image": self.input_specs["encode_image"],
+                 "search_text": self.input_specs["encode_text"],
+                 "search_embedding": tf.TensorSpec([None, self.common_dim], tf.float32,
+                                                   name=EMBEDDING_KEY)}
+        specs.update({search: self.input_specs[encode]
+                      for search, encode in RAW_SEARCH_SIGNATURES.items()
+                      if encode in self.input_specs})
+        return specs
+
     def signatures(self) -> dict:
         target = tf.TensorSpec([], tf.string, name="target")
         k = tf.TensorSpec([], tf.int32, name="k")
-        search = {
-            "search_image": self.search_image.get_concrete_function(
-                tf.TensorSpec([None, self.image_dim], tf.float32, name=IMAGE_KEY), target, k),
-            "search_text": self.search_text.get_concrete_function(
-                tf.TensorSpec([None, self.text_dim], tf.float32, name=TEXT_KEY), target, k),
-            "search_embedding": self.search_embedding.get_concrete_function(
-                tf.TensorSpec([None, self.common_dim], tf.float32, name=EMBEDDING_KEY),
-                target, k),
-        }
+        search = {name: getattr(self, name).get_concrete_function(spec, target, k)
+                  for name, spec in self.query_specs().items()}
         return {**self.encoder.signatures, **search}
-
-
-def _input_dim(encoder, modality: str) -> int:
-    spec = encoder.signatures[f"encode_{modality}"].structured_input_signature[1][modality]
-    return int(spec.shape[-1])
 
 
 def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
@@ -143,16 +183,20 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
     signature and target, replayed by the server before a version takes traffic."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    queries = {IMAGE_KEY: module.image_dim, TEXT_KEY: module.text_dim,
-               EMBEDDING_KEY: module.common_dim}
     path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for kind, dim in queries.items():
+        for name, spec in module.query_specs().items():
+            if name == "search_image_bytes":
+                query = np.array([_WARMUP_PNG], object)
+            elif spec.dtype == tf.string:
+                query = np.array([b"warm up"], object)
+            else:
+                query = np.ones([1, spec.shape[-1]], np.float32)
             for target in MODALITIES:
                 request = predict_pb2.PredictRequest()
-                request.model_spec.signature_name = f"search_{kind}"
-                request.inputs[kind].CopyFrom(tf.make_tensor_proto(np.ones([1, dim], np.float32)))
+                request.model_spec.signature_name = name
+                request.inputs[spec.name].CopyFrom(tf.make_tensor_proto(query))
                 request.inputs["target"].CopyFrom(tf.make_tensor_proto(target))
                 request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(1)))
                 writer.write(prediction_log_pb2.PredictionLog(
@@ -161,8 +205,31 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
     return path
 
 
+_WARMUP_PNG = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+
+
+def write_gallery_items(export_dir: str, items) -> str:
+    """``assets.extra/gallery_items.jsonl`` (see the module docstring)."""
+    path = os.path.join(export_dir, "assets.extra", GALLERY_ITEMS)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_gallery_items(version_dir: str) -> list[dict]:
+    """The gallery description of a search servable version ([] when it has none)."""
+    path = os.path.join(version_dir, "assets.extra", GALLERY_ITEMS)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], export_dir: str,
-                        encoder=None, ann_min_items: int | None = ANN_MIN_ITEMS) -> str:
+                        encoder=None, ann_min_items: int | None = ANN_MIN_ITEMS,
+                        gallery_items=None) -> str:
     """Writes the search SavedModel to ``export_dir`` atomically (a sibling temporary folder
     renamed into place), so a server polling the base path never sees half a version.
 
@@ -170,7 +237,7 @@ def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], expor
     approximate index in ``assets.extra/ann_index/<modality>/`` of the same version
     (serving/approximate_index.py): TF Serving cannot run it, a client or sidecar searches it
     with the embeddings ``encode_*`` returns."""
-    encoder = encoder if encoder is not None else tf.saved_model.load(encoder_dir)
+    encoder = encoder if encoder is not None else load_serving_model(encoder_dir)
     module = SearchModule(encoder, gallery)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
@@ -178,6 +245,8 @@ def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], expor
     try:
         tf.saved_model.save(module, staging, signatures=module.signatures())
         write_warmup_requests(staging, module)
+        if gallery_items is not None:
+            write_gallery_items(staging, gallery_items)
         for modality, part in gallery.items():
             if ann_min_items is not None and len(part) >= ann_min_items:
                 ApproximateIndex.build(part.embeddings, part.ids, part.labels).save(

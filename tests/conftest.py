@@ -17,6 +17,12 @@ TINY_DATASET = dict(seed=0, num_classes=4, train_per_class=40, val_per_class=12,
                     test_per_class=12, image_dim=16, text_dim=8)
 TINY_HPARAMS = dict(hidden_dim=32, common_dim=32, inter_disc_hidden=32, epochs=3,
                     validate_every=1, generator_steps=2, batch_size=32)
+# On top of TINY_HPARAMS for raw data: tiny cnn + kim_cnn encoders, one epoch (the data path is
+# under test, not the model).
+TINY_RAW_HPARAMS = dict(epochs=1, generator_steps=1, cnn_channels=4, cnn_feature_dim=16,
+                        kim_filters=8, word_embedding_dim=8, text_vocab_size=300,
+                        text_max_tokens=16, jit_compile=False)
+RAW_DEMO_PER_CLASS = {"train": 12, "val": 4, "test": 4}  # x 8 classes
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +35,15 @@ def tiny_dataset() -> FeatureDataset:
 def tiny_feature_dir(tiny_dataset, tmp_path_factory):
     """tiny_dataset as a feature folder (train/val/test.npz + classes.txt); treat as read-only."""
     return write_feature_folder(tiny_dataset, tmp_path_factory.mktemp("tiny_features"))
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_demo_dir(tmp_path_factory):
+    """A small raw demo folder (pairs.csv + PNGs, 8 classes x RAW_DEMO_PER_CLASS); read-only."""
+    from components.datasets.raw_demo import write_raw_demo
+
+    return write_raw_demo(tmp_path_factory.mktemp("tiny_raw_demo"), seed=0,
+                          **{f"{s}_per_class": n for s, n in RAW_DEMO_PER_CLASS.items()})
 
 
 @pytest.fixture
@@ -55,22 +70,31 @@ def make_pipeline_config(tiny_feature_dir):
 
 
 @contextlib.contextmanager
-def serving_process(*serve_args: str):
-    """``cmgan serve <serve_args> --port 0`` in its own process; yields its host:port."""
+def cmgan_process(module: str, command: str, ready_prefix: str, *args: str):
+    """``cmgan <command> <args>`` (via ``python -m <module>``) in its own process, until it
+    prints a line starting with ``ready_prefix``; yields what follows the line's last " on "."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_command", "serve", "--port", "0", *serve_args],
+        [sys.executable, "-m", module, command, *args],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     output = []
     for line in process.stdout:
         output.append(line)
-        if line.startswith("serving "):
+        if line.startswith(ready_prefix):
             break
     else:
-        pytest.fail("server did not start:\n" + "".join(output[-40:]))
+        pytest.fail(f"cmgan {command} did not start:\n" + "".join(output[-40:]))
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
     try:
         yield line.rsplit(" on ", 1)[1].strip()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def serving_process(*serve_args: str):
+    """``cmgan serve <serve_args> --port 0`` in its own process; yields its host:port."""
+    with cmgan_process("pipeline.serve_command", "serve", "serving ", "--port", "0",
+                       *serve_args) as address:
+        yield address

@@ -93,3 +93,20 @@ def test_config_file_then_flags(tmp_path):
 def test_bad_configuration_fails_early(values, message):
     with pytest.raises(ValueError, match=message):
         PipelineConfig.from_dict(values)
+
+
+def test_compile_of_the_raw_demo_runs_raw_example_gen_and_hands_encoders_on(tmp_path):
+    output = tmp_path / "pipeline.json"
+    assert run_command.main(["compile", "--pipeline-root", str(tmp_path / "root"),
+                             "--output", str(output), "--image-size", "24"]) == 0
+    spec = json.loads(output.read_text())["pipelineSpec"]
+    tasks, executors = spec["root"]["dag"]["tasks"], spec["deploymentSpec"]["executors"]
+    assert "RawExampleGen" in tasks and "FeatureExampleGen" not in tasks
+    args = executors["RawExampleGen_executor"]["container"]["args"]
+    assert args[args.index("--executor_class_path") + 1] == (
+        "components.raw_example_gen_executor.Executor")
+    example_gen = json.dumps(tasks["RawExampleGen"])
+    assert '"cnn"' in example_gen and '"kim_cnn"' in example_gen
+    transform, trainer = json.dumps(tasks["Transform"]), json.dumps(tasks["Trainer"])
+    for stage in (transform, trainer):  # Transform and the model agree on sizes
+        assert '\\"image_size\\": 24' in stage and '\\"text_encoder\\": \\"kim_cnn\\"' in stage
