@@ -49,7 +49,7 @@ truststore==0.10.5
 EOF
 
 pip_install() {
-  "$PYTHON" -m pip install --disable-pip-version-check --only-binary=:all: -c "$constraints" "$@"
+  "$PYTHON" -m pip install -q --disable-pip-version-check --only-binary=:all: -c "$constraints" "$@"
 }
 
 pip_install torch==2.13.0

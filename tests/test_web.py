@@ -58,8 +58,8 @@ def _raw_config(make_pipeline_config, base: Path, data_dir: Path):
 def served(request, make_pipeline_config, tmp_path_factory, tiny_raw_demo_dir):
     """(kind, config, client, page URL): one pipeline run, ``cmgan serve`` and ``cmgan web``."""
     base = tmp_path_factory.mktemp(f"web-{request.param}")
-    config = (_raw_config(make_pipeline_config, base, tiny_raw_demo_dir) if request.param == "raw" else
-              make_pipeline_config(base, pipeline_name="cmgan-web"))
+    config = (_raw_config(make_pipeline_config, base, tiny_raw_demo_dir)
+              if request.param == "raw" else make_pipeline_config(base, pipeline_name="cmgan-web"))
     result = run_pipeline(config)
     assert result.pushed_model, result.reason
     with serving_process("--model-base-path", config.serving_root, "--model-name", MODEL,
@@ -329,3 +329,14 @@ def test_image_upload_query_and_bad_uploads(served, browser, artifacts, tmp_path
     assert_same(results(browser, "results-other"), other)
     assert_same(results(browser, "results-both"), both)
     screenshot(browser, artifacts, f"{kind}-image-query")
+
+
+def test_serve_with_web_port_serves_the_page_beside_the_grpc_server(served):
+    import urllib.request
+
+    _, config, _, _ = served
+    with cmgan_process("pipeline.serve_command", "serve", "search page on ", "--port", "0",
+                       "--web-port", "0", "--model-base-path", config.serving_root,
+                       "--model-name", MODEL) as url:
+        page = urllib.request.urlopen(url, timeout=60).read().decode()
+    assert "CM-GAN search" in page and "gallery:" in page
