@@ -62,6 +62,17 @@ class FeatureExampleGenSpec(standard_component_specs.QueryBasedExampleGenSpec):
     }
 
 
+def dataset_split_spec_fields() -> dict[str, Any]:
+    """The ExampleGen spec fields the project's ExampleGens share: one input split per dataset
+    split (train/val/test), written as gzipped tf.Example TFRecords."""
+    return dict(
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name=s, pattern=s) for s in SPLITS]),
+        output_config=example_gen_pb2.Output(),
+        output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+        output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP)
+
+
 def to_tf_example(split: Split, row: int) -> tf.train.Example:
     feature = {
         IMAGE_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=split.image[row])),
@@ -176,8 +187,6 @@ class FeatureExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, dataset: str, data_dir: Optional[str] = None, seed: int = 0,
                  val_fraction: float = 0.15, span_pattern: Optional[str] = None,
                  span_window: int = 1, eval_span: str = "first"):
-        input_config = example_gen_pb2.Input(
-            splits=[example_gen_pb2.Input.Split(name=s, pattern=s) for s in SPLITS])
         optional = {DATA_DIR_KEY: str(data_dir)} if data_dir else {}
         if span_pattern:  # only then, so the exec properties of span-less runs are unchanged
             if dataset != "features" or not data_dir:
@@ -187,10 +196,7 @@ class FeatureExampleGen(base_beam_component.BaseBeamComponent):
             optional.update({SPAN_PATTERN_KEY: span_pattern, SPAN_WINDOW_KEY: int(span_window),
                              EVAL_SPAN_KEY: str(eval_span)})
         spec = FeatureExampleGenSpec(
-            input_config=input_config,
-            output_config=example_gen_pb2.Output(),
-            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
-            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            **dataset_split_spec_fields(),
             dataset=dataset, seed=int(seed), val_fraction=float(val_fraction),
             examples=types.Channel(type=standard_artifacts.Examples),
             **optional)

@@ -23,13 +23,11 @@ from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
-from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components import feature_example_gen
 from components import raw_example_gen_executor as executor
-from components.datasets import SPLITS
 
 
 class QuarantinedRecords(types.Artifact):
@@ -82,14 +80,9 @@ class RawExampleGen(base_beam_component.BaseBeamComponent):
         if not 0.0 <= max_quarantine_fraction <= 1.0:
             raise ValueError(f"max_quarantine_fraction must be in [0, 1], got "
                              f"{max_quarantine_fraction}")
-        input_config = example_gen_pb2.Input(
-            splits=[example_gen_pb2.Input.Split(name=s, pattern=s) for s in SPLITS])
         optional = {executor.DATA_DIR_KEY: str(data_dir)} if data_dir else {}
         spec = RawExampleGenSpec(
-            input_config=input_config,
-            output_config=example_gen_pb2.Output(),
-            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
-            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            **feature_example_gen.dataset_split_spec_fields(),
             dataset=dataset, seed=int(seed), val_fraction=float(val_fraction),
             image_encoder=image_encoder, image_encoder_weights=str(image_encoder_weights),
             image_size=int(image_size or 0), text_encoder=text_encoder,
