@@ -17,6 +17,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
 from components.datasets import read_feature_folder
+from components.raw_example_gen import pixel_image_size
 from models.export import load_serving_model
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY, read_split, split_files
 from serving.search_model import encode_gallery, export_search_model, input_spec
@@ -97,7 +98,7 @@ class Executor(base_executor.BaseExecutor):
                        "--examples-uri", examples.uri,
                        "--splits", exec_properties["gallery_splits"],
                        "--export-dir", export_dir,
-                       "--image-size", str(_int_property(examples, "image_size")),
+                       "--image-size", str(pixel_image_size(examples)),
                        "--class-names", _string_property(examples, "class_names") or "[]"]
             if exec_properties.get("gallery_dir"):
                 command += ["--gallery-dir", exec_properties["gallery_dir"]]
@@ -110,11 +111,6 @@ class Executor(base_executor.BaseExecutor):
         search_model.set_int_custom_property(PUSHED_KEY, 1)
         search_model.set_string_custom_property(DESTINATION_KEY, export_dir)
         search_model.set_string_custom_property(VERSION_KEY, version)
-
-
-def _int_property(artifact, name: str) -> int:
-    return int(artifact.get_int_custom_property(name)) if artifact.has_custom_property(
-        name) else 0
 
 
 def _string_property(artifact, name: str) -> str:

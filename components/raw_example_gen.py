@@ -30,6 +30,15 @@ from components import feature_example_gen
 from components import raw_example_gen_executor as executor
 
 
+def pixel_image_size(examples) -> int:
+    """Side of the raw pixel images an Examples artifact holds (image encoder ``cnn``); 0 when
+    its ``image`` feature is a vector (features, keras:, torch: encoders)."""
+    if not (examples.has_custom_property("image_encoder")
+            and examples.get_string_custom_property("image_encoder") == "cnn"):
+        return 0
+    return int(examples.get_int_custom_property("image_size"))
+
+
 class QuarantinedRecords(types.Artifact):
     """Records an ExampleGen refused: ``records.jsonl`` + ``summary.json`` (counts per reason)."""
 

@@ -22,6 +22,7 @@ from tfx.utils import io_utils, path_utils
 
 from components.datasets import SPLITS, FeatureDataset, Split
 from components.datasets.types import default_class_names
+from components.raw_example_gen import pixel_image_size
 from models.baselines import baseline_embeddings, baseline_features, fit_baselines
 from models.metrics import retrieval_report
 from models.export import load_serving_model
@@ -86,8 +87,7 @@ class Executor(base_executor.BaseExecutor):
             input_dict["transformed_examples"])
         model = get(input_dict["model"])
         tf_transform_output = tft.TFTransformOutput(get(input_dict["transform_graph"]).uri)
-        image_size = (int(examples.get_int_custom_property("image_size"))
-                      if examples.has_custom_property("image_size") else 0)
+        image_size = pixel_image_size(examples)
         raw = {s: read_split(split_files(examples.uri, s), tf_transform_output.raw_feature_spec(),
                              image_size=image_size or None)
                for s in EVAL_SPLITS}

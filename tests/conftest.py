@@ -57,11 +57,13 @@ def make_pipeline_config(tiny_feature_dir):
     from pipeline.config import DataConfig, EvaluationConfig, PipelineConfig, TrainingConfig
 
     def make(base, *, data_dir=None, dataset="features", hparams=None, map_threshold=0.0,
-             **fields) -> PipelineConfig:
+             data=None, **fields) -> PipelineConfig:
+        """``data``: more DataConfig fields (encoders, image_size, ...)."""
         return PipelineConfig(
             pipeline_name=fields.pop("pipeline_name", "cmgan-test"),
             pipeline_root=str(base / "root"), serving_root=str(base / "serving"),
-            data=DataConfig(dataset=dataset, data_dir=str(data_dir or tiny_feature_dir)),
+            data=DataConfig(dataset=dataset, data_dir=str(data_dir or tiny_feature_dir),
+                            **(data or {})),
             training=TrainingConfig(hparams={**TINY_HPARAMS, **(hparams or {})}),
             evaluation=EvaluationConfig(map_threshold=map_threshold),
             **fields).resolved()

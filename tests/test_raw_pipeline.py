@@ -166,3 +166,35 @@ def test_encoder_settings_that_cannot_work_are_refused(fields, message):
 
     with pytest.raises(ValueError, match=message):
         DataConfig(**fields)
+
+
+def test_keras_image_encoder_runs_in_beam_and_again_inside_the_served_model(
+        make_pipeline_config, tiny_raw_demo_dir, tmp_path):
+    """keras:<Application>: Beam computes the features; the exported model rebuilds the same
+    network, so encode_image_bytes on the PNG equals encode_image on Beam's features."""
+    from models.export import load_serving_model
+    from models.preprocessing import read_split, split_files
+    from pipeline.local_runner import run_pipeline
+
+    config = make_pipeline_config(tmp_path, dataset="raw", data_dir=tiny_raw_demo_dir,
+                                  hparams=TINY_RAW_HPARAMS,
+                                  data={"image_encoder": "keras:MobileNetV3Small",
+                                        "image_size": 32})
+    result = run_pipeline(config)
+    assert result.pushed_model, result.reason
+    examples = _one(f"{config.pipeline_root}/RawExampleGen/examples/*")
+    spec = {IMAGE_KEY: tf.io.FixedLenFeature([576], tf.float32),  # MobileNetV3Small pooled
+            TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+            ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    val = read_split(split_files(examples, "val"), spec)
+    with open(Path(tiny_raw_demo_dir) / "pairs.csv", newline="", encoding="utf-8") as f:
+        paths = {r["id"]: r["image"] for r in csv.DictReader(f)}
+    pngs = [(Path(tiny_raw_demo_dir) / paths[i]).read_bytes() for i in val.ids[:5]]
+    loaded = load_serving_model(_one(f"{config.serving_root}/cmgan/*"))
+    assert {"encode_image_bytes", "encode_text_string"} <= set(loaded.signatures)
+    from_bytes = loaded.signatures["encode_image_bytes"](
+        image_bytes=tf.constant(pngs))["embedding"].numpy()
+    from_features = loaded.signatures["encode_image"](
+        image=tf.constant(val.image[:5]))["embedding"].numpy()
+    np.testing.assert_allclose(from_bytes, from_features, atol=1e-4)

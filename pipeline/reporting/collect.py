@@ -198,7 +198,9 @@ def collect(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> Repo
         "data_dir": gen_props.get("data_dir") or gen_props.get("input_base"),
         "class_names": class_names, "num_classes": data.get("num_classes"),
         "image_dim": data.get("image_dim"), "text_dim": data.get("text_dim"),
-        "image_size": data.get("image_size"),
+        # Raw pixels only with the cnn encoder (keras:/torch: examples hold feature vectors).
+        "image_size": data.get("image_size") if data.get("image_encoder") == "cnn" else None,
+        "image_encoder": data.get("image_encoder"), "text_encoder": data.get("text_encoder"),
         "spans": json.loads(data["spans"]) if data.get("spans") else None,
         "eval_span": data.get("eval_span"), "uri": examples_artifact.uri,
         "split_sizes": {s: count_records(examples_artifact.uri, s) for s in SPLITS},
