@@ -108,10 +108,25 @@ def browser():
 
 
 # --------------------------------------------------------------------------- page helpers
+def _is_stale(element) -> bool:
+    """True once the page holding ``element`` is gone. Chromium sometimes reports a node of a
+    navigated-away document as an "unhandled inspector error" instead of a stale reference."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
+
+
 def submit(driver, form_id: str, fill=None) -> None:
     """Fills and submits one form, waits for the next page."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     form = driver.find_element(By.ID, form_id)
@@ -119,7 +134,7 @@ def submit(driver, form_id: str, fill=None) -> None:
         fill(form)
     old = driver.find_element(By.TAG_NAME, "html")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 60).until(lambda _: _is_stale(old))
     WebDriverWait(driver, 60).until(
         lambda d: d.execute_script("return document.readyState") == "complete")
 
