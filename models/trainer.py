@@ -33,7 +33,7 @@ from models.export import export_serving_model
 from models.hparams import CMGANHParams
 from models.metrics import l2_normalise
 from models.preprocessing import num_classes_from_schema, read_split
-from models.training import embed, train_cmgan
+from models.training import train_cmgan
 
 TRAINING_REPORT = "training_report.json"
 REFERENCE_EMBEDDINGS = "reference_embeddings.npz"
@@ -109,7 +109,7 @@ def run_fn(fn_args) -> None:
     warm = fn_args.base_model if result.warm_started_from else None
     _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes,
                   warm)
-    _write_reference_embeddings(fn_args.model_run_dir, result.model, val)
+    _write_reference_embeddings(fn_args.model_run_dir, result, val)
     _write_common_space(fn_args.model_run_dir, result, val)
 
 
@@ -132,12 +132,16 @@ def _write_common_space(run_dir: str, result, val) -> None:
         return
     image_before, text_before = result.initial_val_embeddings
     n = len(image_before)
-    image_after, text_after = embed(result.model, val.image[:n], val.text[:n])
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=val.ids[:n], labels=val.label[:n],
-             image_before=l2_normalise(image_before), text_before=l2_normalise(text_before),
-             image_after=l2_normalise(image_after), text_after=l2_normalise(text_after))
-    with tf.io.gfile.GFile(os.path.join(run_dir, COMMON_SPACE), "wb") as f:
+    image_after, text_after = (e[:n] for e in result.val_embeddings)
+    _write_npz(os.path.join(run_dir, COMMON_SPACE), ids=val.ids[:n], labels=val.label[:n],
+               image_before=l2_normalise(image_before), text_before=l2_normalise(text_before),
+               image_after=l2_normalise(image_after), text_after=l2_normalise(text_after))
+
+
+def _write_npz(path: str, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()  # np.savez needs a seekable file; GFile (e.g. gs://) is not
+    np.savez(buffer, **arrays)
+    with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buffer.getvalue())
 
 
@@ -169,12 +173,9 @@ def _write_report(run_dir: str, result, hparams: CMGANHParams, strategy: str,
         json.dump(report, f, indent=2, default=float)
 
 
-def _write_reference_embeddings(run_dir: str, model, val) -> None:
+def _write_reference_embeddings(run_dir: str, result, val) -> None:
     """A few val embeddings straight from the Keras model, to check the exported graph against."""
     n = min(NUM_REFERENCE_EXAMPLES, len(val))
-    image_emb, text_emb = embed(model, val.image[:n], val.text[:n])
-    buffer = io.BytesIO()  # np.savez needs a seekable file; GFile (e.g. gs://) is not
-    np.savez(buffer, ids=val.ids[:n], image_embedding=l2_normalise(image_emb),
-             text_embedding=l2_normalise(text_emb))
-    with tf.io.gfile.GFile(os.path.join(run_dir, REFERENCE_EMBEDDINGS), "wb") as f:
-        f.write(buffer.getvalue())
+    image_emb, text_emb = (e[:n] for e in result.val_embeddings)
+    _write_npz(os.path.join(run_dir, REFERENCE_EMBEDDINGS), ids=val.ids[:n],
+               image_embedding=l2_normalise(image_emb), text_embedding=l2_normalise(text_emb))

@@ -37,6 +37,8 @@ class TrainResult:
     # (image, text) embeddings of the first COMMON_SPACE_SAMPLE val pairs by the freshly
     # initialised model: the "before training" picture of the common space.
     initial_val_embeddings: tuple[np.ndarray, np.ndarray] | None = None
+    # (image, text) embeddings of every val pair by the returned model (what best_val scores).
+    val_embeddings: tuple[np.ndarray, np.ndarray] | None = None
 
 
 COMMON_SPACE_SAMPLE = 1000
@@ -210,6 +212,7 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
                   steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     best_val: dict[str, float] = {}
+    val_embeddings = None
     if selection.best_weights is not None:
         model.set_weights(selection.best_weights)
     elif model.generator_averages:  # no validation: serve the averaged weights
@@ -217,8 +220,10 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     if val is not None:
         from models.metrics import retrieval_report
 
-        best_val = retrieval_report(*embed(model, val.image, val.text), val.label)
+        val_embeddings = embed(model, val.image, val.text)
+        best_val = retrieval_report(*val_embeddings, val.label)
     return TrainResult(model=model, history=selection.history,
                        best_epoch=int(state.best_epoch.numpy()) or hparams.epochs,
                        best_val=best_val, resumed_from_epoch=resumed, strategy=strategy,
-                       warm_started_from=warm_started_from, initial_val_embeddings=initial)
+                       warm_started_from=warm_started_from, initial_val_embeddings=initial,
+                       val_embeddings=val_embeddings)
