@@ -1,8 +1,9 @@
 """The CM-GAN retrieval pipeline definition: one pure function from arguments to a TFX Pipeline.
 
 ExampleGen (RawExampleGen for raw images/texts: Beam decodes, validates, quarantines, and runs
-keras:/torch: encoders; FeatureExampleGen for feature datasets) -> StatisticsGen -> SchemaGen (train only) -> SchemaCurator -> ExampleValidator ->
-AnomaliesGate -> Transform (z-scores; pixels to [0, 1]; tokenization and vocabulary) -> Trainer (CM-GAN) -> RetrievalEvaluator (vs. the latest
+keras:/torch: encoders; FeatureExampleGen for feature datasets) -> StatisticsGen -> SchemaGen
+(train only) -> SchemaCurator -> ExampleValidator -> AnomaliesGate -> Transform (z-scores; pixels
+to [0, 1]; tokenization and vocabulary) -> Trainer (CM-GAN) -> RetrievalEvaluator (vs. the latest
 blessed model, CCA and classifier) -> Pusher (TF Serving layout) -> GallerySearch (the search
 companion servable ``<model_name>-search/<same version>``).
 
@@ -173,13 +174,14 @@ def _image_feature_encoder(raw_inputs: Optional[Mapping[str, Any]], seed: int) -
 def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """create_pipeline with every argument taken from a (resolved) PipelineConfig."""
     config = config.resolved()
+    hparams = config.cmgan_hparams()
     return create_pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         dataset=config.data.dataset,
         data_dir=config.data.data_dir,
         push_directory=config.push_directory,
-        hparams=config.cmgan_hparams().to_dict(),
+        hparams=hparams.to_dict(),
         checkpoint_root=config.checkpoint_root,
         strategy=config.training.strategy,
         map_threshold=config.evaluation.map_threshold,
@@ -196,15 +198,17 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         span_window=config.data.span_window,
         eval_span=config.data.eval_span,
         warm_start=config.training.warm_start,
-        raw_inputs=_raw_inputs(config.data))
+        raw_inputs=_raw_inputs(config.data, hparams))
 
 
-def _raw_inputs(data) -> Optional[dict[str, Any]]:
+def _raw_inputs(data, hparams) -> Optional[dict[str, Any]]:
+    """RawExampleGen's settings. For cnn the pixel size is the model's ``image_size`` (so
+    ``--hparam image_size=N`` resizes in Beam too); keras:/torch: encoders keep their own."""
     if not data.is_raw:
         return None
     image, text = data.encoders()
     return {"image_encoder": image, "text_encoder": text,
             "image_encoder_weights": data.image_encoder_weights,
-            "image_size": data.image_size or (32 if image == "cnn" else 0),
+            "image_size": hparams.image_size if image == "cnn" else (data.image_size or 0),
             "max_quarantine_fraction": data.max_quarantine_fraction}
 

@@ -132,7 +132,7 @@ def test_search_companion_describes_its_gallery_with_thumbnails_and_snippets(dem
 
 
 def test_encoder_settings_default_by_dataset_and_reach_every_stage(tmp_path):
-    from pipeline.config import DataConfig, PipelineConfig
+    from pipeline.config import DataConfig, PipelineConfig, TrainingConfig
     from pipeline.pipeline import create_pipeline_from_config
 
     assert DataConfig(dataset="demo").encoders() == ("cnn", "kim_cnn")
@@ -151,6 +151,11 @@ def test_encoder_settings_default_by_dataset_and_reach_every_stage(tmp_path):
     assert example_gen.exec_properties["text_encoder"] == "kim_cnn"
     assert json.loads(components["Transform"].exec_properties["custom_config"])[
         "text_encoder"] == "kim_cnn"
+    # The model's image_size is the size Beam resizes to, however it was set.
+    demo = PipelineConfig(pipeline_root=str(tmp_path / "demo"),
+                          training=TrainingConfig(hparams={"image_size": 24})).resolved()
+    demo_gen = {c.id: c for c in create_pipeline_from_config(demo).components}["RawExampleGen"]
+    assert demo_gen.exec_properties["image_size"] == 24 == demo.cmgan_hparams().image_size
 
 
 @pytest.mark.parametrize("fields, message", [
