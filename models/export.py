@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import tensorflow as tf
 
+from models.image_decoding import decode_and_resize
 from models.preprocessing import (ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY, pixels_from_bytes,
                                   scale_pixels)
 
@@ -131,8 +132,6 @@ class CrossModalEncoder(tf.Module):
 
     @tf.function
     def encode_image_bytes(self, image_bytes):
-        from models.image_decoding import decode_and_resize  # pylint: disable=C0415
-
         size = self.image_size if self.pixel_image else self.feature_image_size
         images = tf.map_fn(lambda data: decode_and_resize(data, size), image_bytes,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))

@@ -105,11 +105,13 @@ def query(args: argparse.Namespace) -> int:
 def _query_input(args: argparse.Namespace):
     """(query kind, value) from the flags. Raw queries go to the model's own in-graph
     preprocessing, except with a PyTorch encoder, whose features are computed here."""
+    from pathlib import Path
+
     import numpy as np
 
     if args.text is not None or args.image is not None:
         encoder = args.client_encoder
-        raw = [args.text] if args.text is not None else [open(p, "rb").read() for p in args.image]
+        raw = [args.text] if args.text is not None else [Path(p).read_bytes() for p in args.image]
         if encoder:
             from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
