@@ -59,6 +59,7 @@ class RawExampleGenSpec(standard_component_specs.QueryBasedExampleGenSpec):
         executor.IMAGE_SIZE_KEY: ExecutionParameter(type=int),
         executor.TEXT_ENCODER_KEY: ExecutionParameter(type=str),
         executor.MAX_QUARANTINE_FRACTION_KEY: ExecutionParameter(type=float),
+        executor.MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int, optional=True),
     }
     OUTPUTS = {
         **standard_component_specs.QueryBasedExampleGenSpec.OUTPUTS,
@@ -76,8 +77,11 @@ class RawExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, dataset: str = "demo", data_dir: Optional[str] = None, seed: int = 0,
                  val_fraction: float = 0.15, image_encoder: str = "cnn",
                  image_encoder_weights: str = "none", image_size: Optional[int] = None,
-                 text_encoder: str = "kim_cnn", max_quarantine_fraction: float = 0.05):
+                 text_encoder: str = "kim_cnn", max_quarantine_fraction: float = 0.05,
+                 max_image_pixels: Optional[int] = None):
         """``image_size`` None/0: 32 for cnn, the application's default for keras:*.
+        ``max_image_pixels``: larger images (by their header) are quarantined as
+        image_too_large before decoding; None: models.image_decoding's default (25 MP).
 
         ``val_fraction``: raw folders without a split column give val and test this fraction
         each (per class); wikipedia_raw carves val from the standard train split.
@@ -90,6 +94,10 @@ class RawExampleGen(base_beam_component.BaseBeamComponent):
             raise ValueError(f"max_quarantine_fraction must be in [0, 1], got "
                              f"{max_quarantine_fraction}")
         optional = {executor.DATA_DIR_KEY: str(data_dir)} if data_dir else {}
+        if max_image_pixels is not None:
+            if int(max_image_pixels) < 1:
+                raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
+            optional[executor.MAX_IMAGE_PIXELS_KEY] = int(max_image_pixels)
         spec = RawExampleGenSpec(
             **feature_example_gen.dataset_split_spec_fields(),
             dataset=dataset, seed=int(seed), val_fraction=float(val_fraction),

@@ -31,10 +31,10 @@ from tfx.types import artifact_utils, standard_component_specs
 
 from components.datasets import SPLITS
 from components.datasets.raw_demo import write_raw_demo
-from components.datasets.raw_pairs import RawPairs, RawRecord, read_raw_pairs, \
-    split_fractions_for
+from components.datasets.raw_pairs import RawPairs, RawRecord, image_path_problem, \
+    read_raw_pairs, split_fractions_for
 from components.datasets.wikipedia_raw import read_wikipedia_raw
-from models.image_decoding import check_image, decode_and_resize
+from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS, check_image, decode_and_resize
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 
 EXAMPLES_KEY = standard_component_specs.EXAMPLES_KEY
@@ -48,6 +48,7 @@ IMAGE_ENCODER_WEIGHTS_KEY = "image_encoder_weights"
 IMAGE_SIZE_KEY = "image_size"
 TEXT_ENCODER_KEY = "text_encoder"
 MAX_QUARANTINE_FRACTION_KEY = "max_quarantine_fraction"
+MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
 
 DATASETS = ("raw", "demo", "wikipedia_raw")
 TEXT_ENCODERS = ("features", "kim_cnn")
@@ -57,8 +58,8 @@ SUMMARY_FILE = "summary.json"
 DEMO_DIR = "raw_demo"
 REJECTED_DIR = "quarantine-rejected"
 REASONS = ("missing_id", "duplicate_id", "missing_label", "unknown_label", "missing_text_file",
-           "non_utf8_text", "empty_text", "missing_image_file", "not_an_image",
-           "unreadable_image")
+           "non_utf8_text", "empty_text", "missing_image_file", "image_outside_folder",
+           "not_a_regular_file", "not_an_image", "image_too_large", "unreadable_image")
 _QUARANTINE = "quarantine"
 _METRICS_NAMESPACE = "RawExampleGen"
 
@@ -189,7 +190,9 @@ class _ValidateAndDecode(beam.DoFn):
     bytes (kim_cnn), a stripped str to be encoded (torch:minilm) or a feature vector.
     """
 
-    def __init__(self, class_names, image_encoder: str, image_size: int, text_encoder: str):
+    def __init__(self, class_names, image_encoder: str, image_size: int, text_encoder: str,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self._max_pixels = int(max_image_pixels)
         self._classes = {name: index for index, name in enumerate(class_names)}
         self._class_list = list(class_names)
         self._image_encoder = image_encoder
@@ -200,7 +203,8 @@ class _ValidateAndDecode(beam.DoFn):
     def setup(self):
         if self._image_encoder != "features":
             size = self._image_size
-            self._decode = tf.function(lambda data: decode_and_resize(data, size),
+            limit = self._max_pixels
+            self._decode = tf.function(lambda data: decode_and_resize(data, size, limit),
                                        input_signature=[tf.TensorSpec([], tf.string)])
 
     def process(self, element):
@@ -251,12 +255,16 @@ class _ValidateAndDecode(beam.DoFn):
         path = record.image_path
         if not path:
             return None, ("missing_image_file", "image", "empty image cell", None)
+        folder = record.root or os.path.dirname(record.source)
+        outside = image_path_problem(folder, record.image)
+        if outside is not None:  # checked before anything is opened: no bytes are read
+            return None, (*outside, path)
         if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
             return None, ("missing_image_file", "image",
                           f"no file '{record.image}' (in {os.path.dirname(record.source)})", path)
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
-        bad = check_image(data)
+        bad = check_image(data, self._max_pixels)
         if bad is not None:
             return None, (bad[0], "image", bad[1], path)
         try:
@@ -326,7 +334,8 @@ def _encoded(candidates: beam.PCollection, field: str, handler) -> beam.PCollect
 
 def build_pipeline(pipeline: beam.Pipeline, pairs: RawPairs, *, image_encoder: str,
                    image_size: int, text_encoder: str, weights: str, seed: int,
-                   examples_uri: str, quarantine_uri: str) -> None:
+                   examples_uri: str, quarantine_uri: str,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Adds the whole RawExampleGen graph to ``pipeline`` (see the module docstring)."""
     records = pipeline | "Records" >> beam.Create(list(enumerate(pairs.records)), reshuffle=False)
     keyed = records | "KeyById" >> beam.ParDo(_KeyById()).with_outputs(_QUARANTINE, main="keyed")
@@ -335,7 +344,8 @@ def build_pipeline(pipeline: beam.Pipeline, pairs: RawPairs, *, image_encoder: s
               | "FirstById" >> beam.ParDo(_FirstById()).with_outputs(_QUARANTINE, main="unique"))
     checked = (unique.unique
                | "ValidateAndDecode" >> beam.ParDo(_ValidateAndDecode(
-                   pairs.class_names, image_encoder, image_size, text_encoder)).with_outputs(
+                   pairs.class_names, image_encoder, image_size, text_encoder,
+                   max_image_pixels)).with_outputs(
                        _QUARANTINE, main="valid"))
     accepted = checked.valid
     if image_encoder.startswith("keras:"):
@@ -410,6 +420,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         weights = exec_properties.get(IMAGE_ENCODER_WEIGHTS_KEY) or "none"
         seed = int(exec_properties.get(SEED_KEY) or 0)
         max_fraction = float(exec_properties.get(MAX_QUARANTINE_FRACTION_KEY, 0.05))
+        max_pixels = int(exec_properties.get(MAX_IMAGE_PIXELS_KEY) or DEFAULT_MAX_IMAGE_PIXELS)
 
         pairs = load_records(exec_properties, os.path.join(examples.uri, DEMO_DIR))
         logging.info("RawExampleGen: %d records of %s, %d classes", len(pairs.records),
@@ -418,7 +429,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         with self._make_beam_pipeline() as pipeline:
             build_pipeline(pipeline, pairs, image_encoder=image_encoder, image_size=image_size,
                            text_encoder=text_encoder, weights=weights, seed=seed,
-                           examples_uri=examples.uri, quarantine_uri=quarantine.uri)
+                           examples_uri=examples.uri, quarantine_uri=quarantine.uri,
+                           max_image_pixels=max_pixels)
 
         summary = json.loads(tf.io.gfile.GFile(
             os.path.join(quarantine.uri, SUMMARY_FILE)).read())

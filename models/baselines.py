@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from components.datasets.types import FeatureDataset, Split
+from models.data import FeatureDataset, Split
 from models import metrics
 
 CCA_REGULARISATION_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)

@@ -28,6 +28,14 @@ def _bce(logits, target: float):
     return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
 
 
+def _pair_loss(unit, other_unit, label, scale: float):
+    """Per-example DSCMR-style pairwise loss: for each row i, the mean over the batch's j of
+    the logistic loss of scale * cos(z_i, z'_j) against [label_i == label_j]."""
+    logits = scale * tf.matmul(unit, other_unit, transpose_b=True)
+    same = tf.cast(tf.equal(label[:, None], label[None, :]), logits.dtype)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(same, logits), axis=-1)
+
+
 def _average(per_example):
     return tf.nn.compute_average_loss(per_example)
 
@@ -157,32 +165,49 @@ class CMGAN(keras.Model):
     def _generator_loss(self, modality: str, batch):
         """G_I: fool the text-conditioned inter D and the image intra D, plus softmax loss;
         G_T mirrors it. Forward pass recomputed for every step, as in the paper. An input
-        encoder of the own modality learns through the common representation only."""
+        encoder of the own modality learns through the common representation only. The other
+        modality's common vectors, when a common-space loss needs them, are held fixed."""
+        hp = self.hparams
         other_modality = "text" if modality == "image" else "image"
         own = batch[modality]
         other = self._features(other_modality, batch[other_modality])
         generator = self.generator(modality)
-        inter = self.inter_text_discriminator if modality == "image" else (
-            self.inter_image_discriminator)
-        intra = self.intra_image_discriminator if modality == "image" else (
-            self.intra_text_discriminator)
         common = generator.encode(own, training=True)
-        reconstruction = generator.decode(common, training=True)
         semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(
             batch["label"], generator.classify(common, training=True))
-        adversarial = _bce(inter(common, other, training=True), 1.0) + _bce(
-            intra(reconstruction), 1.0)
-        return adversarial + self.hparams.semantic_weight * semantic, semantic
+        total = hp.semantic_weight * semantic
+        if hp.adversarial_weight:
+            inter = self.inter_text_discriminator if modality == "image" else (
+                self.inter_image_discriminator)
+            intra = self.intra_image_discriminator if modality == "image" else (
+                self.intra_text_discriminator)
+            reconstruction = generator.decode(common, training=True)
+            total += hp.adversarial_weight * (
+                _bce(inter(common, other, training=True), 1.0) + _bce(intra(reconstruction), 1.0))
+        if hp.pair_loss_weight or hp.invariance_weight:
+            other_common = tf.stop_gradient(self.generator(other_modality).encode_features(
+                other, training=True))
+            unit, other_unit = tf.math.l2_normalize(common, -1), tf.math.l2_normalize(
+                other_common, -1)
+            if hp.pair_loss_weight:
+                total += hp.pair_loss_weight * 0.5 * (
+                    _pair_loss(unit, other_unit, batch["label"], hp.cosine_scale)
+                    + _pair_loss(unit, tf.stop_gradient(unit), batch["label"], hp.cosine_scale))
+            if hp.invariance_weight:
+                total += hp.invariance_weight * tf.reduce_sum(
+                    tf.square(unit - other_unit), axis=-1)
+        return total, semantic
 
     def train_step(self, batch):
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         with tf.GradientTape(persistent=True) as tape:
             per_example, l1 = self._discriminator_losses(batch)
             d_losses = {d: _average(loss) for d, loss in per_example.items()}
-        for d in DISCRIMINATORS:
-            variables = self.discriminator(d).trainable_variables
-            self.discriminator_optimizers[d].apply_gradients(
-                zip(tape.gradient(d_losses[d], variables), variables))
+        if self.hparams.adversarial_weight:  # the no-GAN ablation trains no discriminator
+            for d in DISCRIMINATORS:
+                variables = self.discriminator(d).trainable_variables
+                self.discriminator_optimizers[d].apply_gradients(
+                    zip(tape.gradient(d_losses[d], variables), variables))
         del tape
         g_losses, semantic_losses = {}, {}
         for _ in range(self.hparams.generator_steps):
@@ -192,8 +217,10 @@ class CMGAN(keras.Model):
                     total, semantic = self._generator_loss(g, batch)
                     g_losses[g] = _average(total)
                 semantic_losses[g] = _average(semantic)
+                # Without adversarial terms the decoders get no gradient: leave them out.
                 self.generator_optimizers[g].apply_gradients(
-                    zip(tape.gradient(g_losses[g], variables), variables))
+                    [(grad, v) for grad, v in zip(tape.gradient(g_losses[g], variables),
+                                                  variables) if grad is not None])
         logged = {f"d_{d}_loss": d_losses[d] for d in DISCRIMINATORS}
         logged.update({f"g_{g}_loss": g_losses[g] for g in GENERATORS})
         logged.update({f"g_{g}_semantic_loss": semantic_losses[g] for g in GENERATORS})

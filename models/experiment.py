@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from components.datasets import FeatureDataset, Split
+from models.data import FeatureDataset, Split
 from models.baselines import Standardiser, evaluate_baselines
 from models.hparams import CMGANHParams
 from models.metrics import format_map_table, metrics_document, retrieval_report

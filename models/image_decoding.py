@@ -18,6 +18,10 @@ IMAGE_FORMATS = {"JPEG": JPEG_MAGIC, "PNG": PNG_MAGIC}
 
 NOT_AN_IMAGE = "not_an_image"
 UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_TOO_LARGE = "image_too_large"
+# A small file can declare a huge image (a 1.2 MB PNG of zeros decodes to 1.2 GB at 20000^2):
+# dimensions are read from the header and checked against this before any decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 
 
 def image_format(data: bytes) -> str | None:
@@ -28,18 +32,51 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def check_image(data: bytes) -> tuple[str, str] | None:
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header only (Pillow opens lazily); None if unreadable.
+
+    Pillow itself refuses headers beyond twice its own bomb limit: those count as huge."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (2**31 - 1, 2**31 - 1)
+    except Exception:  # pylint: disable=broad-except  # Pillow raises many types here
+        return None
+
+
+def image_size_problem(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                       ) -> str | None:
+    """A detail message when the header declares more than ``max_pixels`` pixels, else None."""
+    if not max_pixels:
+        return None
+    size = image_dimensions(data)
+    if size is None or size[0] * size[1] <= max_pixels:
+        return None
+    return (f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels; the limit is {max_pixels} "
+            "(--max-image-pixels)")
+
+
+def check_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                ) -> tuple[str, str] | None:
     """(quarantine reason, human-readable detail) for a bad image, or None for a good one.
 
+    The header's dimensions are checked first (``image_too_large``), so nothing huge is decoded.
     Pillow decodes the whole image with LOAD_TRUNCATED_IMAGES off, so truncation is an error; a
     PNG cut inside its final IEND chunk decodes in Pillow but not in TF, so IEND is required.
+    Details never quote the file's bytes: the file may not be an image the user meant to share.
     """
     from PIL import Image, ImageFile  # pylint: disable=import-outside-toplevel
 
     found = image_format(data)
     if found is None:
-        head = data[:8].hex() if data else "empty file"
-        return NOT_AN_IMAGE, f"not JPEG or PNG (first bytes: {head})"
+        return NOT_AN_IMAGE, ("not JPEG or PNG (empty file)" if not data else
+                              f"not JPEG or PNG ({len(data)} bytes, no JPEG/PNG signature)")
+    too_large = image_size_problem(data, max_pixels)
+    if too_large:
+        return IMAGE_TOO_LARGE, too_large
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped Pillow's global; truncation must fail
         ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
@@ -60,18 +97,45 @@ def image_problem(data: bytes) -> str | None:
     return problem[0] if problem else None
 
 
-def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """int64 width * height of a scalar JPEG/PNG string, read from its header (no decoding):
+    the PNG IHDR chunk, or the JPEG SOF marker (``tf.image.extract_jpeg_shape``)."""
+    is_png = tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC)
+
+    def png() -> tf.Tensor:
+        padded = tf.strings.join([encoded, tf.constant(b"\0" * 24)])  # short files: 0 x 0
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+        width = raw[0] * 2**24 + raw[1] * 2**16 + raw[2] * 2**8 + raw[3]
+        height = raw[4] * 2**24 + raw[5] * 2**16 + raw[6] * 2**8 + raw[7]
+        return width * height
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.image.extract_jpeg_shape(encoded, output_type=tf.int32)
+        return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+
+    return tf.cond(is_png, png, jpeg)
+
+
+def decode_and_resize(encoded: tf.Tensor, size: int,
+                      max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
     """Scalar tf.string (JPEG/PNG bytes) -> tf.uint8 [size, size, 3] RGB.
 
     Grey and RGBA images become RGB (channels=3); the resize is bilinear with antialiasing, then
     rounded and clipped, so the result is exactly reproducible in any graph (tf.function,
-    tf.map_fn in a serving signature).
+    tf.map_fn in a serving signature). An image whose header declares more than ``max_pixels``
+    pixels fails with InvalidArgument (``image_too_large``) before it is decoded.
     """
     is_jpeg_or_png = tf.logical_or(
         tf.equal(tf.strings.substr(encoded, 0, len(JPEG_MAGIC)), JPEG_MAGIC),
         tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC))
-    check = tf.debugging.Assert(is_jpeg_or_png, ["image must be JPEG or PNG"])
-    with tf.control_dependencies([check]):  # GIF/BMP decode in TF but Beam rejects them
+    checks = [tf.debugging.Assert(is_jpeg_or_png, ["image must be JPEG or PNG"])]
+    if max_pixels:
+        with tf.control_dependencies(checks):  # the header is only parsed for JPEG/PNG
+            pixels = header_pixels(encoded)
+        checks.append(tf.debugging.Assert(
+            pixels <= max_pixels,
+            [f"{IMAGE_TOO_LARGE}: the image has more than {max_pixels} pixels:", pixels]))
+    with tf.control_dependencies(checks):  # GIF/BMP decode in TF but Beam rejects them
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear",

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from components.datasets.types import Split
+from models.data import Split
 
 IMAGE_KEY = "image"
 TEXT_KEY = "text"

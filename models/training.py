@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from typing import Any
 
 import keras
@@ -19,6 +18,7 @@ import tensorflow as tf
 from models.cmgan import CMGAN
 from models.distribute import make_strategy
 from models.hparams import CMGANHParams
+from models.progress import TrainingProgress
 from models.sampling import class_balanced_batches, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class TrainResult:
 
 
 COMMON_SPACE_SAMPLE = 1000
+# Fewest training steps (epochs x steps per epoch) for which jit_compile=True uses XLA.
+XLA_MIN_STEPS = 5000
 
 
 def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
@@ -83,7 +85,7 @@ class ValidationSelection(keras.callbacks.Callback):
         self.history: list[dict[str, Any]] = []
         self.best_weights = None
         self.validations_without_gain = 0
-        self.started = time.time()
+        self.progress = TrainingProgress(total_epochs)
         self.last_manager = self.best_manager = None
         self.checkpoint_dir = checkpoint_dir
 
@@ -142,19 +144,13 @@ class ValidationSelection(keras.callbacks.Callback):
                 self.validations_without_gain += 1
             if averaged:
                 self.model.swap_generator_averages()
-            if self.verbose:
-                print(f"epoch {done}/{self.total_epochs}  "
-                      f"d_inter {record.get('d_inter_image_loss', float('nan')):.3f}/"
-                      f"{record.get('d_inter_text_loss', float('nan')):.3f}  "
-                      f"g {record.get('g_image_loss', float('nan')):.3f}/"
-                      f"{record.get('g_text_loss', float('nan')):.3f}  "
-                      f"val MAP i2t {report['i2t']:.4f} t2i {report['t2i']:.4f} "
-                      f"mean {report['mean']:.4f}  best {float(self.state.best_score):.4f}"
-                      f"@{int(self.state.best_epoch)}  {time.time() - self.started:.0f}s",
-                      flush=True)
             patience = self.hparams.early_stopping_patience
             if patience and self.validations_without_gain >= patience:
                 self.model.stop_training = True
+        if self.verbose:  # a live bar on a terminal, else one line per validation
+            self.progress.update(done, record, (float(self.state.best_score),
+                                                int(self.state.best_epoch)),
+                                 final=bool(self.model.stop_training))
         self.history.append(record)
         self.state.epoch.assign(done)
         if self.last_manager:
@@ -180,6 +176,12 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     if hparams.jit_compile and not jit_compile:
         log.warning("jit_compile ignored: XLA needs a single replica, strategy has %d",
                     strategy.num_replicas_in_sync)
+    # Compiling the six-optimizer step takes minutes on CPU and saves ~0.1 s a step at best:
+    # a short run is over before XLA pays its compile back.
+    if jit_compile and steps * hparams.epochs < XLA_MIN_STEPS:
+        jit_compile = False
+        log.info("XLA off: %d training steps do not pay back its compile (needs %d)",
+                 steps * hparams.epochs, XLA_MIN_STEPS)
     with strategy.scope():
         model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
         model.compile(steps_per_epoch=steps, jit_compile=jit_compile)

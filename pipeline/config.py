@@ -16,8 +16,10 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+from models.config_errors import (ConfigError, as_bool, as_float, as_int, check_name,
+                                  check_range)
 from models.distribute import STRATEGIES
-from models.hparams import CMGANHParams, hparams_for_dataset
+from models.hparams import PRESETS, CMGANHParams, hparams_for_dataset
 
 # Pipeline datasets. Raw (RawExampleGen, Beam decodes and validates): "demo" (the embedded,
 # seeded image/caption demo, made by the pipeline itself), "raw" (a pairs.csv folder) and
@@ -54,41 +56,51 @@ class DataConfig:
     image_size: Optional[int] = None  # resize side; default 32 for cnn, the app's own for keras:
     # Raw datasets: the run fails when more than this fraction of records is quarantined.
     max_quarantine_fraction: float = 0.05
+    # Raw datasets: images whose header declares more pixels are quarantined (image_too_large)
+    # before decoding; None: models.image_decoding.DEFAULT_MAX_IMAGE_PIXELS (25 MP).
+    max_image_pixels: Optional[int] = None
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise ConfigError.says(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset not in ("demo", "demo-features") and not self.data_dir:
-            raise ValueError(f"dataset {self.dataset!r} needs data_dir")
+            raise ConfigError.says(f"dataset {self.dataset!r} needs data_dir")
         image, text = self.encoders()
         if not any(image.startswith(k) and len(image) > len(k) if k.endswith(":") else image == k
                    for k in IMAGE_ENCODER_KINDS):
-            raise ValueError(f"image_encoder must be features, cnn, keras:<Application> or "
+            raise ConfigError.says(f"image_encoder must be features, cnn, keras:<Application> or "
                              f"torch:<name>, got {image!r}")
         if text not in TEXT_ENCODERS:
-            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {text!r}")
+            raise ConfigError.says(f"text_encoder must be one of {TEXT_ENCODERS}, got {text!r}")
         if self.dataset in RAW_DATASETS and (image == "features" or text == "features"):
-            raise ValueError(f"dataset {self.dataset!r} has raw images and texts: choose image "
+            raise ConfigError.says(f"dataset {self.dataset!r} has raw images and texts: choose image "
                              "and text encoders other than 'features'")
         if self.dataset == "wikipedia" and image != "features":
-            raise ValueError("wikipedia's images are SIFT features: image_encoder must be "
+            raise ConfigError.says("wikipedia's images are SIFT features: image_encoder must be "
                              "'features' (the text encoder may be raw: kim_cnn, torch:minilm)")
         if self.dataset not in (*RAW_DATASETS, "wikipedia") and (image, text) != ("features",
                                                                                   "features"):
-            raise ValueError(f"dataset {self.dataset!r} holds features: encoders must be "
+            raise ConfigError.says(f"dataset {self.dataset!r} holds features: encoders must be "
                              "'features'")
-        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
-            raise ValueError("max_quarantine_fraction must be in [0, 1]")
+        check_range("max_quarantine_fraction", as_float("max_quarantine_fraction",
+                                                        self.max_quarantine_fraction), 0.0, 1.0)
+        check_range("seed", as_int("seed", self.seed), 0)
+        check_range("val_fraction", as_float("val_fraction", self.val_fraction), 0.0, 0.5,
+                    low_open=True, high_open=True)
+        if self.image_size is not None:
+            check_range("image_size", as_int("image_size", self.image_size), 1, 4096)
+        if self.max_image_pixels is not None:
+            check_range("max_image_pixels", as_int("max_image_pixels", self.max_image_pixels), 1)
         object.__setattr__(self, "eval_span", str(self.eval_span))
         if self.span_pattern:
             from components import spans  # pylint: disable=import-outside-toplevel
 
             if self.dataset != "features":
-                raise ValueError("spans (span_pattern) need dataset 'features'")
+                raise ConfigError.says("spans (span_pattern) need dataset 'features'")
             spans.check_pattern(self.span_pattern)
             spans.check_eval_span(self.eval_span)
             if int(self.span_window) < 1:
-                raise ValueError(f"span_window must be >= 1, got {self.span_window}")
+                raise ConfigError.says(f"span_window must be >= 1, got {self.span_window}")
 
     def encoders(self) -> tuple[str, str]:
         """(image, text) encoders, dataset defaults filled in."""
@@ -113,22 +125,36 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    # Overrides of the dataset's preset (models.hparams.hparams_for_dataset) for CMGANHParams.
+    # Overrides of the preset (models.hparams.hparams_for_dataset) for CMGANHParams.
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # A named preset of models.hparams.PRESETS ("paper", "general", a dataset's); "" = the
+    # dataset's own, else "general".
+    preset: str = ""
     strategy: str = "default"
     # Start the Trainer from the latest blessed model's weights (when compatible).
     warm_start: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.hparams, Mapping):
+            raise ConfigError("hparams", f"must be a JSON object of hyperparameters, got "
+                                         f"{self.hparams!r}")
         CMGANHParams.from_dict(dict(self.hparams))  # unknown or invalid values fail here, early
+        if self.preset and self.preset not in PRESETS:
+            raise ConfigError("preset", f"must be one of {', '.join(PRESETS)}, got "
+                                        f"{self.preset!r}")
+        object.__setattr__(self, "warm_start", as_bool("warm_start", self.warm_start))
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ConfigError.says(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     map_threshold: float = 0.0  # validation mean MAP the candidate must reach to be pushed
     map_margin: float = 0.01  # how far below the last blessed model it may fall
+
+    def __post_init__(self):
+        for name in ("map_threshold", "map_margin"):  # MAP is in [0, 1], and so are these
+            check_range(name, as_float(name, getattr(self, name)), 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +166,13 @@ class GalleryConfig:
     data_dir: Optional[str] = None  # a feature folder to take the splits from instead
 
     def __post_init__(self):
+        object.__setattr__(self, "enabled", as_bool("gallery.enabled", self.enabled))
+        if isinstance(self.splits, str):
+            raise ConfigError("gallery.splits", f"must be a list of split names, got the "
+                                                f"string {self.splits!r}")
         object.__setattr__(self, "splits", tuple(self.splits))
         if self.enabled and not self.splits:
-            raise ValueError("gallery splits must not be empty")
+            raise ConfigError.says("gallery splits must not be empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +193,18 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.pipeline_name and not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
-            raise ValueError(f"pipeline name {self.pipeline_name!r} must match "
+            raise ConfigError.says(f"pipeline name {self.pipeline_name!r} must match "
                              "[a-z0-9][a-z0-9-]{0,127}")
-        object.__setattr__(self, "beam_args", tuple(self.beam_args))
+        check_name("model_name", self.model_name)
+        object.__setattr__(self, "enable_cache", as_bool("enable_cache", self.enable_cache))
+        beam_args = self.beam_args
+        if isinstance(beam_args, str):  # one string: shell words, never its characters
+            import shlex  # pylint: disable=import-outside-toplevel
+
+            beam_args = shlex.split(beam_args)
+        if not all(isinstance(a, str) for a in beam_args):
+            raise ConfigError("beam_args", f"must be a list of strings, got {self.beam_args!r}")
+        object.__setattr__(self, "beam_args", tuple(beam_args))
 
     def resolved(self) -> "PipelineConfig":
         """A copy with derived defaults filled in and local paths made absolute."""
@@ -183,7 +222,8 @@ class PipelineConfig:
     def cmgan_hparams(self) -> CMGANHParams:
         """Paper defaults, then the dataset's preset, then the configured overrides."""
         return hparams_for_dataset(self.data.dataset,
-                                   {**self.data.model_encoders(), **self.training.hparams})
+                                   {**self.data.model_encoders(), **self.training.hparams},
+                                   preset=self.training.preset or None)
 
     @property
     def checkpoint_root(self) -> str:
@@ -230,7 +270,7 @@ class PipelineConfig:
                        ) -> "PipelineConfig":
         """A copy with flag values applied; ``None`` leaves a value as configured.
 
-        ``hparams`` are merged into the configured ones; ``strategy``, ``map_threshold`` and
+        ``hparams`` are merged into the configured ones; ``strategy``, ``preset``, ``map_threshold`` and
         ``map_margin`` go to their sections; the rest are PipelineConfig fields. Derived paths
         (pipeline_root, metadata_path) follow a changed pipeline name unless configured, as
         they are only filled in by ``resolved()``.
@@ -242,7 +282,7 @@ class PipelineConfig:
                                    **{k: fields.pop(k) for k in DATA_FLAGS if k in fields})
         training = dataclasses.replace(
             self.training, hparams={**self.training.hparams, **(hparams or {})},
-            **({"strategy": fields.pop("strategy")} if "strategy" in fields else {}))
+            **{k: fields.pop(k) for k in ("strategy", "preset") if k in fields})
         evaluation = dataclasses.replace(
             self.evaluation, **{k: fields.pop(k) for k in ("map_threshold", "map_margin")
                                 if k in fields})
@@ -253,7 +293,23 @@ class PipelineConfig:
 
 
 DATA_FLAGS = ("image_encoder", "text_encoder", "image_encoder_weights", "image_size",
-              "max_quarantine_fraction")
+              "max_quarantine_fraction", "max_image_pixels")
+
+
+def int_in(low: int, high: int):
+    """An argparse ``type``: an int in [low, high] (``--top-k 3000000000`` would wrap int32)."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
 
 
 def _absolute(path: str) -> str:
@@ -265,5 +321,5 @@ def _reject_unknown(cls, values: Mapping[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown {where} keys: {', '.join(unknown)}; known: "
+        raise ConfigError.says(f"unknown {where} keys: {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))}")

@@ -54,6 +54,25 @@ def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction:
                              val_fraction=val_fraction, **spans)
 
 
+def data_stages(examples) -> list:
+    """The data checks on an ExampleGen's ``examples``, in order: StatisticsGen -> SchemaGen
+    (train only) -> SchemaCurator -> ExampleValidator -> AnomaliesGate (Transform's schema)."""
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True,
+        exclude_splits=[s for s in SPLITS if s != TRAIN_SPLIT])
+    schema_curator = SchemaCurator(
+        schema=schema_gen.outputs["schema"], statistics=statistics_gen.outputs["statistics"],
+        examples=examples)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_curator.outputs["curated_schema"])
+    anomalies_gate = AnomaliesGate(
+        anomalies=example_validator.outputs["anomalies"],
+        schema=schema_curator.outputs["curated_schema"])
+    return [statistics_gen, schema_gen, schema_curator, example_validator, anomalies_gate]
+
+
 def create_pipeline(
         *,
         pipeline_name: str,
@@ -88,19 +107,8 @@ def create_pipeline(
                                eval_span, raw_inputs)
     examples = example_gen.outputs["examples"]
 
-    statistics_gen = tfx.components.StatisticsGen(examples=examples)
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True,
-        exclude_splits=[s for s in SPLITS if s != TRAIN_SPLIT])
-    schema_curator = SchemaCurator(
-        schema=schema_gen.outputs["schema"], statistics=statistics_gen.outputs["statistics"],
-        examples=examples)
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"],
-        schema=schema_curator.outputs["curated_schema"])
-    anomalies_gate = AnomaliesGate(
-        anomalies=example_validator.outputs["anomalies"],
-        schema=schema_curator.outputs["curated_schema"])
+    statistics_gen, schema_gen, schema_curator, example_validator, anomalies_gate = (
+        data_stages(examples))
 
     transform = tfx.components.Transform(
         examples=examples,
@@ -201,6 +209,25 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         raw_inputs=_raw_inputs(config.data, hparams))
 
 
+def create_data_pipeline_from_config(config, metadata_connection_config=None, *,
+                                     pipeline_name: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """Only the data stages of create_pipeline_from_config's pipeline (``cmgan check-data``):
+    the same ExampleGen (with its quarantine) and data_stages, nothing after the AnomaliesGate.
+    ``pipeline_name`` (default: the config's) keeps such runs apart from full runs in MLMD."""
+    config = config.resolved()
+    data = config.data
+    example_gen = _example_gen(data.dataset, data.data_dir, data.seed, data.val_fraction,
+                               data.span_pattern, data.span_window, data.eval_span,
+                               _raw_inputs(data, config.cmgan_hparams()))
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name or config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, *data_stages(example_gen.outputs["examples"])],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_args))
+
+
 def _raw_inputs(data, hparams) -> Optional[dict[str, Any]]:
     """RawExampleGen's settings. For cnn the pixel size is the model's ``image_size`` (so
     ``--hparam image_size=N`` resizes in Beam too); keras:/torch: encoders keep their own."""
@@ -210,5 +237,6 @@ def _raw_inputs(data, hparams) -> Optional[dict[str, Any]]:
     return {"image_encoder": image, "text_encoder": text,
             "image_encoder_weights": data.image_encoder_weights,
             "image_size": hparams.image_size if image == "cnn" else (data.image_size or 0),
-            "max_quarantine_fraction": data.max_quarantine_fraction}
+            "max_quarantine_fraction": data.max_quarantine_fraction,
+            "max_image_pixels": data.max_image_pixels}
 

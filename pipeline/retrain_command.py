@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipeline import run_command
+from pipeline import console, run_command
 from pipeline.config import PipelineConfig
 
 
@@ -55,6 +55,7 @@ def retrain(args: argparse.Namespace) -> int:
     from pipeline.retrain import retrain_once  # pylint: disable=import-outside-toplevel
 
     config = config_from_args(args)
+    console.log_to(config.pipeline_root, "retrain")
     outcome = retrain_once(config, force=args.force, log=lambda s: print(s, flush=True))
     if outcome.result is not None:
         print(outcome.result.map_table(), flush=True)
@@ -73,6 +74,7 @@ def schedule(args: argparse.Namespace) -> int:
         print(f"cmgan schedule: error: {error}", file=sys.stderr)
         return 2
     config = config_from_args(args)
+    console.log_to(config.pipeline_root, "schedule")
     return schedule_loop(lambda: retrain_once(config, force=False, log=lambda s: None),
                          interval, max_runs=args.max_runs)
 

@@ -9,7 +9,21 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from pipeline.config import int_in
+
 DEFAULT_PORT = 8500
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # models.image_decoding's, without importing TensorFlow
+MAX_TOP_K = 100_000  # k is an int32 on the wire; larger answers would not fit a message anyway
+
+
+def model_name(text: str) -> str:
+    """argparse type: a model name is one folder under the serving root, never a path."""
+    from models.config_errors import ConfigError, check_name
+
+    try:
+        return check_name("--model-name", text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(error.problem) from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -21,15 +35,21 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.write_config:
         return _write_configs(args)
+    from pipeline import console
+
+    console.log_to("runs", "serve")  # ./runs/logs/serve-<time>.log: the full library log
     logging.getLogger("serving").setLevel(logging.INFO)  # loads, version switches
     entries = (None if args.model_config_file else config_files.default_entries(
         args.model_base_path, args.model_name, args.num_versions))
     manager = ModelManager(entries or [], config_file=args.model_config_file,
-                           poll_seconds=args.poll_seconds)
+                           poll_seconds=args.poll_seconds,
+                           max_load_retries=args.max_load_retries,
+                           allow_signature_change=args.allow_signature_change)
     options = ServerOptions(host=args.host, port=args.port,
                             max_message_bytes=args.max_message_mb << 20,
                             request_timeout_s=args.request_timeout_s,
-                            max_workers=args.workers)
+                            max_workers=args.workers, max_rows=args.max_rows or None,
+                            max_image_pixels=args.max_image_pixels or None)
 
     def on_ready(port: int) -> None:
         print(f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True)
@@ -138,7 +158,8 @@ def register(subparsers) -> None:
     serve_parser.add_argument("--model-base-path", default="serving_models",
                               help="the serving root the pipeline pushes to (default: "
                                    "%(default)s); <root>/<name>/<version>/ are served")
-    serve_parser.add_argument("--model-name", default="cmgan", help="default: %(default)s")
+    serve_parser.add_argument("--model-name", default="cmgan", type=model_name,
+                              help="default: %(default)s")
     serve_parser.add_argument("--model-config-file", metavar="FILE",
                               help="TF Serving ModelServerConfig text file (models, version "
                                    "policies, version_labels such as stable/canary); re-read "
@@ -157,6 +178,21 @@ def register(subparsers) -> None:
     serve_parser.add_argument("--request-timeout-s", type=float, default=30.0,
                               help="per-request deadline, capped by the client's own")
     serve_parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve_parser.add_argument("--max-load-retries", type=int, default=5, metavar="N",
+                              help="retries (with doubling delays up to 60 s) of a version "
+                                   "that fails to load before it is reported END "
+                                   "(default: %(default)s, as TF Serving)")
+    serve_parser.add_argument("--allow-signature-change", action="store_true",
+                              help="let a new version whose signatures (names, dtypes, shapes) "
+                                   "differ from the served version's replace it; by default it "
+                                   "is refused and reported END")
+    serve_parser.add_argument("--max-rows", type=int, default=0, metavar="N",
+                              help="rows per Predict request; more get INVALID_ARGUMENT "
+                                   "(default: one 4 KB row per 4 KB of --max-message-mb)")
+    serve_parser.add_argument("--max-image-pixels", type=int,
+                              default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                              help="largest width*height of a JPEG/PNG input, read from its "
+                                   "header before decoding (default: %(default)s; 0: no limit)")
     serve_parser.add_argument("--web-port", type=int, metavar="PORT",
                               help="also serve the search page (as `cmgan web`) on this port "
                                    "(0 picks a free one)")
@@ -191,7 +227,8 @@ def register(subparsers) -> None:
                                    "torch:efficientnet-lite0): encode --text/--image here first")
     query_parser.add_argument("--target", choices=("image", "text"),
                               help="gallery modality to search (default: the other one)")
-    query_parser.add_argument("--top-k", type=int, default=10, help="default: %(default)s")
+    query_parser.add_argument("--top-k", type=int_in(1, MAX_TOP_K), default=10,
+                              help=f"1 to {MAX_TOP_K} (default: %(default)s)")
     query_parser.add_argument("--model-name", default="cmgan",
                               help="encoder model name; <name>-search answers (default: "
                                    "%(default)s)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline import console
+from models.hparams import PRESETS
 from pipeline.run_command import key_value
 
 
@@ -24,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--hparam", action="append", default=[], type=key_value,
                         metavar="KEY=VALUE",
                         help="any CMGANHParams field; repeatable")
+    parser.add_argument("--preset", default=None, choices=PRESETS,
+                        help="hyperparameter preset: paper (CMGAN.md), general, or a dataset's "
+                             "(default: the dataset's own, else general)")
     parser.add_argument("--strategy", default="default",
                         choices=("default", "mirrored", "multi_worker"))
     parser.add_argument("--seed", type=int, default=0, help="dataset split seed")
@@ -36,15 +41,19 @@ def train(args: argparse.Namespace) -> int:
     from models.hparams import hparams_for_dataset
 
     reader = "demo" if args.dataset == "demo-features" else args.dataset
-    dataset = load_dataset(reader, args.data_dir, seed=args.seed)
     overrides = dict(args.hparam)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    hparams = hparams_for_dataset(args.dataset, overrides)
+    hparams = hparams_for_dataset(args.dataset, overrides, preset=args.preset)
     output_dir = args.output_dir or os.path.join("outputs", args.dataset)
+    console.log_to(output_dir, "train")
+    with console.stage(f"load {args.dataset}", 1, 2):
+        dataset = load_dataset(reader, args.data_dir, seed=args.seed)
     print(dataset.summary(), flush=True)
-    document = train_and_evaluate(dataset, hparams, strategy=args.strategy,
-                                  output_dir=output_dir)
+    with console.stage("train CM-GAN and baselines", 2, 2) as counts:
+        document = train_and_evaluate(dataset, hparams, strategy=args.strategy,
+                                      output_dir=output_dir)
+        counts["best epoch"] = f"{document['best_epoch']}/{hparams.epochs}"
     print_tables(document)
     print(f"\nmetrics: {os.path.abspath(os.path.join(output_dir, 'metrics.json'))}")
     return 0

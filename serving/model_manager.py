@@ -5,6 +5,12 @@ version; the version policy picks which stay loaded; the highest loaded version 
 request names a version or a label. A new version is loaded (and warmed up) completely before it
 is published, and versions are swapped by replacing an immutable snapshot, so a request in flight
 keeps the servable it started with and no request fails during a switch.
+
+The serving root is trusted (whatever is loaded runs its warm-up), but two mistakes are contained
+as TF Serving contains them: a version that fails to load is retried a bounded number of times
+with back-off and then reported END with its error; and a new version whose signatures (names,
+dtypes, shapes) differ from those of the version being served is refused before it is loaded,
+unless ``allow_signature_change`` is set.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Callable, Mapping, Optional
 
 import grpc
@@ -94,6 +101,55 @@ def warm_up(servable: Servable) -> None:
                 pass
 
 
+def signature_summary(signature_defs: Mapping) -> dict:
+    """signature -> {"inputs"/"outputs": {alias: (dtype enum, dims or None)}}: what a client
+    relies on."""
+    def tensors(infos):
+        return {alias: (info.dtype, None if info.tensor_shape.unknown_rank else
+                        tuple(d.size for d in info.tensor_shape.dim))
+                for alias, info in infos.items()}
+
+    return {name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+            for name, sig in signature_defs.items() if not name.startswith("__")}
+
+
+def signature_difference(serving: Mapping, candidate: Mapping) -> Optional[str]:
+    """The first way ``candidate``'s signature_defs differ from ``serving``'s, or None."""
+    old, new = signature_summary(serving), signature_summary(candidate)
+    if set(old) != set(new):
+        missing, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+        return (f"signatures differ (missing: {', '.join(missing) or 'none'}; new: "
+                f"{', '.join(added) or 'none'})")
+    for name in sorted(old):
+        for side in ("inputs", "outputs"):
+            if old[name][side] != new[name][side]:
+                return (f"signature {name!r} {side} differ: serving {old[name][side]}, "
+                        f"new {new[name][side]} (alias: (dtype enum, shape))")
+    return None
+
+
+class IncompatibleVersion(Exception):
+    """A version whose signatures would break the clients of the version being served."""
+
+
+@dataclasses.dataclass
+class LoadAttempts:
+    """Failed loads of one version: retried with doubling delays, then given up (END)."""
+
+    failures: int = 0
+    next_try: float = 0.0
+    stamp: Optional[float] = None  # saved_model.pb's mtime: a rewritten version starts afresh
+    gave_up: bool = False
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+
+
+def _stamp(path: str) -> Optional[float]:
+    try:
+        return os.path.getmtime(os.path.join(path, "saved_model.pb"))
+    except OSError:
+        return None
+
+
 def _wanted(entry: ModelEntry, on_disk: list[int]) -> list[int]:
     if entry.versions:
         return [v for v in on_disk if v in entry.versions]
@@ -104,7 +160,16 @@ class ModelManager:
     """Loads versions per model entry, and polls for new ones (and a changed config file)."""
 
     def __init__(self, entries: list[ModelEntry], config_file: Optional[str] = None,
-                 poll_seconds: float = 2.0):
+                 poll_seconds: float = 2.0, max_load_retries: int = 5,
+                 retry_base_seconds: float = 2.0, retry_max_seconds: float = 60.0,
+                 allow_signature_change: bool = False):
+        """``max_load_retries`` after the first failure (TF Serving's default is 5), waiting
+        ``retry_base_seconds`` doubled per failure, at most ``retry_max_seconds``."""
+        self._max_load_retries = max_load_retries
+        self._retry_base_seconds = retry_base_seconds
+        self._retry_max_seconds = retry_max_seconds
+        self._allow_signature_change = allow_signature_change
+        self._attempts: dict[tuple[str, int], LoadAttempts] = {}
         self._entries = {e.name: e for e in entries}
         self._config_file = config_file
         self._config_mtime = None
@@ -139,16 +204,69 @@ class ModelManager:
                     versions[version] = current[version]
                     continue
                 path = os.path.join(entry.base_path, str(version))
+                key = (name, version)
+                if not self._due(key, path):
+                    continue
                 try:
+                    self._check_signatures(name, version, path, {**current, **versions})
                     versions[version] = load_servable(name, version, path)
-                    self._failed.pop((name, version), None)
+                    self._failed.pop(key, None)
+                    self._attempts.pop(key, None)
                     log.info("loaded %s version %d from %s", name, version, path)
+                except IncompatibleVersion as error:
+                    self._give_up(key, path, str(error), grpc.StatusCode.FAILED_PRECONDITION)
                 except Exception as error:  # pylint: disable=broad-except
-                    # e.g. still being copied by the Pusher: retried at the next poll
-                    self._failed[(name, version)] = f"{type(error).__name__}: {error}"
-                    log.warning("could not load %s version %d yet: %s", name, version, error)
+                    # e.g. still being copied by the Pusher: retried with back-off
+                    self._record_failure(key, path, f"{type(error).__name__}: {error}")
             snapshot[name] = versions
         self._snapshot = snapshot
+
+    def _due(self, key: tuple[str, int], path: str) -> bool:
+        """Whether a version that failed before may be tried now (a rewritten one always)."""
+        attempts = self._attempts.get(key)
+        if attempts is None:
+            return True
+        if attempts.stamp != _stamp(path):
+            self._attempts.pop(key)
+            self._failed.pop(key, None)
+            return True
+        return not attempts.gave_up and time.monotonic() >= attempts.next_try
+
+    def _record_failure(self, key: tuple[str, int], path: str, message: str) -> None:
+        attempts = self._attempts.setdefault(key, LoadAttempts(stamp=_stamp(path)))
+        attempts.failures += 1
+        if attempts.failures > self._max_load_retries:
+            self._give_up(key, path, f"gave up after {attempts.failures} attempts: {message}",
+                          grpc.StatusCode.UNKNOWN)
+            return
+        delay = min(self._retry_base_seconds * 2 ** (attempts.failures - 1),
+                    self._retry_max_seconds)
+        attempts.next_try = time.monotonic() + delay
+        self._failed[key] = message
+        log.warning("could not load %s version %d (attempt %d of %d, next in %.0f s): %s",
+                    key[0], key[1], attempts.failures, self._max_load_retries + 1, delay,
+                    message)
+
+    def _give_up(self, key: tuple[str, int], path: str, message: str,
+                 code: grpc.StatusCode) -> None:
+        attempts = self._attempts.setdefault(key, LoadAttempts(stamp=_stamp(path)))
+        attempts.gave_up, attempts.code = True, code
+        self._failed[key] = message
+        log.error("not serving %s version %d from %s: %s", key[0], key[1], path, message)
+
+    def _check_signatures(self, name: str, version: int, path: str,
+                          loaded: Mapping[int, Servable]) -> None:
+        """Refuses, before anything of it runs, a version whose signatures differ from those
+        of the highest version already loaded (the one answering unversioned requests)."""
+        if self._allow_signature_change or not loaded:
+            return
+        serving = loaded[max(loaded)]
+        candidate = loader_impl.parse_saved_model(path).meta_graphs[0].signature_def
+        difference = signature_difference(serving.signature_defs, candidate)
+        if difference:
+            raise IncompatibleVersion(
+                f"its signatures are incompatible with version {serving.version}, which is "
+                f"being served: {difference} (serve with --allow-signature-change to accept)")
 
     def start(self) -> "ModelManager":
         self.poll_once()
@@ -178,7 +296,12 @@ class ModelManager:
         return snapshot[name]
 
     def failed_versions(self, name: str) -> dict[int, str]:
+        """Version -> error message of versions on disk that are not loaded."""
         return {v: message for (n, v), message in self._failed.items() if n == name}
+
+    def given_up(self, name: str) -> dict[int, grpc.StatusCode]:
+        """Version -> error code of versions no longer retried (TF Serving's END state)."""
+        return {v: a.code for (n, v), a in self._attempts.items() if n == name and a.gave_up}
 
     def label_version(self, name: str, label: str) -> int:
         entry = self._entries.get(name)

@@ -2,17 +2,48 @@
 
 Inputs are checked against the SignatureDef before anything runs, so a malformed request costs
 no TensorFlow work and gets a message naming the input, what was expected and what came.
+The declared shape of every input must match the values actually sent (a 100-byte request must
+not declare a gigabyte tensor), batches are capped at ``Limits.max_rows`` rows, and a batch is run
+in chunks so a request whose deadline passed (or whose client went away) stops between chunks.
 """
 from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
+from models.image_decoding import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, image_format,
+                                   image_size_problem)
 from serving.model_manager import Servable, ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+# Each typed value field of a TensorProto; exactly one is filled for a given dtype.
+_VALUE_FIELDS = ("half_val", "float_val", "double_val", "int_val", "string_val", "int64_val",
+                 "bool_val", "uint32_val", "uint64_val")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one PredictRequest may ask for (see ``serving.server.ServerOptions``)."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # a tensor may not declare more bytes
+    max_rows: Optional[int] = None  # rows per request; None: sized to the message limit
+    chunk_rows: int = 256  # rows per signature call; cancellation is checked between calls
+    max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS  # JPEG/PNG string values
+
+    def rows_cap(self) -> int:
+        """Explicit cap, else one 1024-float (4 KB) row per 4 KB of the message limit."""
+        return self.max_rows if self.max_rows else max(1, self.max_message_bytes // 4096)
+
+
+class Stopped(ServingError):
+    """The request's deadline passed or its client cancelled it while it was being computed."""
 
 
 def _invalid(message: str) -> ServingError:
@@ -29,12 +60,46 @@ def signature_def(servable: Servable, name: str):
     return name, servable.signature_defs[name]
 
 
-def _check_input(alias: str, tensor_proto, info) -> np.ndarray:
+def _check_declared_size(alias: str, tensor_proto, dtype: tf.DType, limits: Limits) -> None:
+    """The declared shape must be backed by the values sent: ``tf.make_ndarray`` would
+    zero-fill (or repeat) missing values, so 100 bytes could otherwise allocate gigabytes."""
+    shape = tensor_proto.tensor_shape
+    if shape.unknown_rank:
+        raise _invalid(f"input {alias!r} has an unknown rank; send a fully defined shape")
+    dims = [d.size for d in shape.dim]
+    if any(d < 0 for d in dims):
+        raise _invalid(f"input {alias!r} declares a negative dimension: {dims}")
+    declared = math.prod(dims)  # Python ints: no overflow for [2**40, 1024]
+    if dims and dims[0] > limits.rows_cap():
+        raise _invalid(f"input {alias!r} has {dims[0]} rows; at most {limits.rows_cap()} rows "
+                       f"per request are accepted (split the batch)")
+    if tensor_proto.tensor_content:
+        if dtype == tf.string or len(tensor_proto.tensor_content) != declared * dtype.size:
+            raise _invalid(f"input {alias!r} declares shape {dims} ({declared} elements of "
+                           f"{dtype.name}) but tensor_content holds "
+                           f"{len(tensor_proto.tensor_content)} bytes")
+        return
+    sent = sum(len(getattr(tensor_proto, field)) for field in _VALUE_FIELDS)
+    if sent == declared:
+        return
+    if sent == 1 and declared > 1:  # TF's shorthand: one value repeated to fill the shape
+        item = (max(1, len(tensor_proto.string_val[0])) if dtype == tf.string else dtype.size)
+        if declared * item <= limits.max_message_bytes:
+            return
+        raise _invalid(f"input {alias!r} declares shape {dims}: {declared} elements filled "
+                       f"from one value would exceed the {limits.max_message_bytes} byte "
+                       "message limit")
+    raise _invalid(f"input {alias!r} declares shape {dims} ({declared} elements) but "
+                   f"{sent} values were sent")
+
+
+def _check_input(alias: str, tensor_proto, info, limits: Limits = Limits()) -> np.ndarray:
     expected = tf.dtypes.as_dtype(info.dtype)
     got = tf.dtypes.as_dtype(tensor_proto.dtype) if tensor_proto.dtype else None
     if got != expected:
         raise _invalid(f"Expects arg {alias!r} to be {expected.name} but "
                        f"{got.name if got else 'no dtype'} is provided")
+    _check_declared_size(alias, tensor_proto, expected, limits)
     try:
         array = tf.make_ndarray(tensor_proto)
     except (ValueError, TypeError) as error:
@@ -50,7 +115,7 @@ def _check_input(alias: str, tensor_proto, info) -> np.ndarray:
     return array
 
 
-def prepare_inputs(signature, request) -> dict[str, np.ndarray]:
+def prepare_inputs(signature, request, limits: Limits = Limits()) -> dict[str, np.ndarray]:
     expected, given = set(signature.inputs), set(request.inputs)
     if given != expected:
         unknown, missing = sorted(given - expected), sorted(expected - given)
@@ -59,7 +124,8 @@ def prepare_inputs(signature, request) -> dict[str, np.ndarray]:
                                         if missing else [])
         raise _invalid(" ".join(parts) + f" Inputs expected to be in the set "
                                          f"{{{', '.join(sorted(expected))}}}.")
-    inputs = {a: _check_input(a, request.inputs[a], signature.inputs[a]) for a in expected}
+    inputs = {a: _check_input(a, request.inputs[a], signature.inputs[a], limits)
+              for a in expected}
     batched = {a: v.shape[0] for a, v in inputs.items()
                if v.ndim and signature.inputs[a].tensor_shape.dim[0].size < 0}
     if len(set(batched.values())) > 1:
@@ -76,22 +142,67 @@ def _output_filter(signature, request) -> list[str]:
     return list(request.output_filter) or list(signature.outputs)
 
 
-def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
-    """Runs one Predict on a servable; TensorFlow errors keep their canonical code."""
+def _batched(signature) -> bool:
+    """True when every input and output has a leading batch dimension of unknown size, so the
+    rows can be computed in chunks and concatenated (scalar inputs are passed to every chunk)."""
+    outputs = [info.tensor_shape for info in signature.outputs.values()]
+    return bool(outputs) and all(not s.unknown_rank and s.dim and s.dim[0].size < 0
+                                 for s in outputs)
+
+
+def _check_images(inputs: dict[str, np.ndarray], limits: Limits) -> None:
+    """JPEG/PNG values of string inputs: dimensions read from the header, before any decoding."""
+    if not limits.max_image_pixels:
+        return
+    for alias, array in inputs.items():
+        if array.dtype != object:
+            continue
+        for row, value in enumerate(array.reshape(-1)):
+            if isinstance(value, bytes) and image_format(value):
+                problem = image_size_problem(value, limits.max_image_pixels)
+                if problem:
+                    raise _invalid(f"input {alias!r} row {row}: {IMAGE_TOO_LARGE}: {problem}")
+
+
+def run_predict(servable: Servable, request, limits: Limits = Limits(),
+                should_stop: Optional[Callable[[], Optional[ServingError]]] = None
+                ) -> predict_pb2.PredictResponse:
+    """Runs one Predict on a servable; TensorFlow errors keep their canonical code.
+
+    ``should_stop`` is asked before each chunk of ``limits.chunk_rows`` rows; the error it
+    returns (deadline passed, client gone) is raised as ``Stopped`` and no more rows run."""
     name, signature = signature_def(servable, request.model_spec.signature_name)
-    inputs = prepare_inputs(signature, request)
+    inputs = prepare_inputs(signature, request, limits)
+    _check_images(inputs, limits)
     outputs = _output_filter(signature, request)
-    try:
-        results = servable.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-    except tf.errors.OpError as error:
-        raise ServingError(_grpc_code(error.error_code),
-                           _readable(error.message)) from error
+    batch_keys = [a for a, v in inputs.items()
+                  if v.ndim and signature.inputs[a].tensor_shape.dim[0].size < 0]
+    rows = inputs[batch_keys[0]].shape[0] if batch_keys else 0
+    step = max(1, limits.chunk_rows)
+    starts = range(0, rows, step) if rows and batch_keys and _batched(signature) else [None]
+    parts = []
+    for start in starts:
+        if should_stop is not None:
+            stop = should_stop()
+            if stop is not None:
+                done = 0 if start is None else start
+                raise Stopped(stop.code, f"{stop} (stopped after {done} of {rows} rows)")
+        chunk = {k: (v[start:start + step] if start is not None and k in batch_keys else v)
+                 for k, v in inputs.items()}
+        try:
+            results = servable.signatures[name](**{k: tf.constant(v) for k, v in chunk.items()})
+        except tf.errors.OpError as error:
+            raise ServingError(_grpc_code(error.error_code),
+                               _readable(error.message)) from error
+        parts.append({alias: results[alias].numpy() for alias in outputs})
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
     response.model_spec.signature_name = name
     for alias in outputs:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(results[alias].numpy()))
+        value = (parts[0][alias] if len(parts) == 1 else
+                 np.concatenate([part[alias] for part in parts]))
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
     return response
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Optional
@@ -17,8 +18,9 @@ import grpc
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
+from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS
 from serving.model_manager import ModelManager, ServingError
-from serving.predict import run_predict
+from serving.predict import Limits, Stopped, run_predict
 
 SIGNATURE_DEF_FIELD = "signature_def"
 log = logging.getLogger(__name__)
@@ -32,14 +34,40 @@ class ServerOptions:
     max_message_bytes: int = 64 << 20  # larger requests get RESOURCE_EXHAUSTED from gRPC
     request_timeout_s: float = 30.0  # server-side cap on top of the client's deadline
     max_workers: int = 16
+    max_rows: Optional[int] = None  # rows per Predict; None: sized to max_message_bytes
+    chunk_rows: int = 256  # rows per signature call; deadlines are checked between calls
+    max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS  # JPEG/PNG inputs, from headers
+
+    def limits(self) -> Limits:
+        return Limits(max_message_bytes=self.max_message_bytes, max_rows=self.max_rows,
+                      chunk_rows=self.chunk_rows, max_image_pixels=self.max_image_pixels)
+
+
+class RequestStats:
+    """Counters a server keeps for its operator (logged, and read by tests)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cancelled = 0  # stopped mid-work: deadline passed or client went away
+        self.last_cancelled = ""  # the message of the most recent one
+
+    def record_cancelled(self, message: str) -> None:
+        with self._lock:
+            self.cancelled += 1
+            self.last_cancelled = message
 
 
 def _answer(context, method):
-    """Runs ``method()``; a ServingError becomes its status code and message."""
+    """Runs ``method()``; a ServingError becomes its status code and message. Anything else is
+    logged here with its traceback and answered INTERNAL with one line: no traceback leaves."""
     try:
         return method()
     except ServingError as error:
         context.abort(error.code, str(error))
+    except Exception as error:  # pylint: disable=broad-except
+        log.error("request failed", exc_info=True)
+        context.abort(grpc.StatusCode.INTERNAL,
+                      f"internal error ({type(error).__name__}); see the server log")
 
 
 def _deadline_exceeded(budget_s: float) -> ServingError:
@@ -48,9 +76,12 @@ def _deadline_exceeded(budget_s: float) -> ServingError:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, request_timeout_s: float):
+    def __init__(self, manager: ModelManager, request_timeout_s: float,
+                 limits: Limits = Limits(), stats: Optional[RequestStats] = None):
         self.manager = manager
         self.request_timeout_s = request_timeout_s
+        self.limits = limits
+        self.stats = stats if stats is not None else RequestStats()
 
     def Predict(self, request, context):
         def predict():
@@ -59,9 +90,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                          self.request_timeout_s)
             if budget <= 0:
                 raise _deadline_exceeded(budget)
-            started = time.monotonic()
-            response = run_predict(self.manager.resolve(request.model_spec), request)
-            if time.monotonic() - started > budget:
+            deadline = time.monotonic() + budget
+
+            def should_stop() -> Optional[ServingError]:
+                if time.monotonic() > deadline:
+                    return _deadline_exceeded(budget)
+                if not context.is_active():
+                    return ServingError(grpc.StatusCode.CANCELLED, "the client cancelled")
+                return None
+
+            try:
+                response = run_predict(self.manager.resolve(request.model_spec), request,
+                                       self.limits, should_stop)
+            except Stopped as stopped:
+                self.stats.record_cancelled(str(stopped))
+                log.info("Predict %s/%s stopped: %s (%d cancelled so far)",
+                         request.model_spec.name, request.model_spec.signature_name, stopped,
+                         self.stats.cancelled)
+                raise
+            if time.monotonic() > deadline:
                 raise _deadline_exceeded(budget)
             return response
 
@@ -102,6 +149,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             response = get_model_status_pb2.GetModelStatusResponse()
             if choice is None:
                 failed = self.manager.failed_versions(spec.name)
+                ended = self.manager.given_up(spec.name)
                 try:
                     loaded = self.manager.versions(spec.name)
                 except ServingError:
@@ -112,7 +160,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                     entry = response.model_version_status.add(version=version)
                     if version in loaded:
                         entry.state = ModelVersionStatus.AVAILABLE
-                    else:  # on disk but not loadable (yet): TF Serving retries, so do we
+                    elif version in ended:  # retries exhausted or refused: END, as TF Serving
+                        entry.state = ModelVersionStatus.END
+                        entry.status.error_code = ended[version].value[0]
+                        entry.status.error_message = failed[version]
+                    else:  # on disk but not loadable (yet): retried with back-off
                         entry.state = ModelVersionStatus.LOADING
                         entry.status.error_code = grpc.StatusCode.UNAVAILABLE.value[0]
                         entry.status.error_message = failed[version]
@@ -129,15 +181,16 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, status)
 
 
-def start_server(manager: ModelManager, options: ServerOptions = ServerOptions()
-                 ) -> tuple[grpc.Server, int]:
-    """Starts serving ``manager``'s models; returns the server and the port it bound."""
+def start_server(manager: ModelManager, options: ServerOptions = ServerOptions(),
+                 stats: Optional[RequestStats] = None) -> tuple[grpc.Server, int]:
+    """Starts serving ``manager``'s models; returns the server and the port it bound.
+    ``stats`` (optional) receives the counters, e.g. of cancelled requests."""
     message_options = [("grpc.max_receive_message_length", options.max_message_bytes),
                        ("grpc.max_send_message_length", options.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.max_workers),
                          options=message_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, options.request_timeout_s), server)
+        PredictionService(manager, options.request_timeout_s, options.limits(), stats), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
     if port == 0:

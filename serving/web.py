@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import email.message
 import email.parser
 import email.policy
 import html
@@ -30,6 +31,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import urllib.parse
 from typing import Any, Callable, Optional
@@ -44,6 +46,9 @@ MAX_LISTED_ITEMS = 300  # per modality, in the gallery picker
 FORM_OVERHEAD_BYTES = 64 << 10  # multipart headers and the small fields around an upload
 DRAIN_LIMIT_BYTES = 64 << 20  # a bigger refused body is not read: the connection is closed
 IMAGE_FORMATS = ("JPEG", "PNG")
+MAX_FORM_PARTS = 16  # the page's forms have at most 3 fields; 60,000 tiny parts cost 25 s CPU
+LISTEN_BACKLOG = 128  # socketserver's default of 5 drops connections under a small burst
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # models.image_decoding's (this module avoids TF)
 _GALLERY_KEY = re.compile(r"galleries/(image|text)/(embeddings_t|ids|labels)/\.ATTRIBUTES/")
 
 
@@ -65,6 +70,8 @@ class WebOptions:
     top_k: int = 10
     max_upload_bytes: int = 5 << 20
     timeout_s: float = 10.0
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # uploads, from the header, before decoding
+    connection_timeout_s: float = 30.0  # a client silent this long (half-open, slow) is dropped
 
 
 @dataclasses.dataclass
@@ -136,6 +143,7 @@ class ServedModel:
     version: int
     signatures: dict[str, tuple[str, int]]  # search signature -> (query input key, dtype enum)
     gallery: Gallery
+    encoders: tuple[str, ...] = ()  # encode_* signatures the search companion also has
 
     def signature_for(self, kind: str) -> Optional[str]:
         """The signature answering a query kind (text | image | item), or None."""
@@ -205,7 +213,8 @@ class SearchBackend:
                             signatures[name] = (keys[0], signature.inputs[keys[0]].dtype)
                 gallery = load_gallery(os.path.join(self.options.model_base_path,
                                                     self.search_model, str(version)))
-                self._served = ServedModel(version, signatures, gallery)
+                encoders = tuple(sorted(n for n in metadata if n.startswith("encode_")))
+                self._served = ServedModel(version, signatures, gallery, encoders)
             return self._served
 
     def _search(self, served: ServedModel, signature: str, query, target: str,
@@ -231,6 +240,10 @@ class SearchBackend:
             raise QueryError(unsupported_message(kind, served))
         k = self.options.top_k
         other = {"image": "text", "text": "image"}[query_modality]
+        if (kind == "image" and "encode_image_bytes" in served.encoders
+                and "search_embedding" in served.signatures):
+            # Decode (and encode) the upload once, then search both galleries with the vector.
+            value, signature = self._encode_image_bytes(served, value), "search_embedding"
         per_target = {t: self._search(served, signature, value, t, k + (exclude is not None))
                       for t in MODALITIES}
         both = sorted((h for t in MODALITIES for h in per_target[t]
@@ -238,6 +251,12 @@ class SearchBackend:
         return Outcome(query_modality, query_html, query_label,
                        [h for h in per_target[other] if (h.modality, h.id) != exclude][:k],
                        both, served.version)
+
+    def _encode_image_bytes(self, served: ServedModel, images: list) -> np.ndarray:
+        outputs, _ = self.client.predict(
+            self.search_model, "encode_image_bytes",
+            {"image_bytes": np.array(images, dtype=object)}, version=served.version)
+        return np.asarray(outputs["embedding"], np.float32)
 
     def close(self) -> None:
         self.client.close()
@@ -254,8 +273,12 @@ def unsupported_message(kind: str, served: ServedModel) -> str:
 
 
 # --------------------------------------------------------------------------- uploads
-def check_image(data: bytes, limit: int) -> bytes:
-    """The upload as JPEG or PNG bytes, or a QueryError saying what is wrong with it."""
+def check_image(data: bytes, limit: int,
+                max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
+    """The upload as JPEG or PNG bytes, or a QueryError saying what is wrong with it.
+
+    Width and height come from the header first: a small file may declare a huge image, and
+    nothing here or on the server decodes more than ``max_pixels`` pixels."""
     from PIL import Image
 
     if not data:
@@ -263,6 +286,16 @@ def check_image(data: bytes, limit: int) -> bytes:
     if len(data) > limit:
         raise QueryError(f"The image is too large: {len(data) / 2**20:.2f} MB; the limit is "
                          f"{limit / 2**20:.2f} MB.", 413)
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            width, height = picture.size
+    except Image.DecompressionBombError:
+        width = height = 2**31 - 1
+    except Exception:  # pylint: disable=broad-except  (not an image: reported below)
+        width = height = 0
+    if max_pixels and width * height > max_pixels:
+        raise QueryError(f"The image is too large: {width}x{height} pixels; the limit is "
+                         f"{max_pixels} pixels (image_too_large).", 413)
     try:
         with Image.open(io.BytesIO(data)) as picture:
             image_format = picture.format
@@ -291,7 +324,19 @@ def thumbnail_data_uri(data: bytes, size: int = 96) -> str:
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[Optional[str], bytes]]:
-    """Form field name -> (file name or None, value bytes)."""
+    """Form field name -> (file name or None, value bytes).
+
+    The parts are counted before the (quadratic-ish) email parser sees the body: a form of this
+    page has a handful of fields, so more than MAX_FORM_PARTS is refused."""
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise QueryError("The form could not be read (multipart/form-data without a boundary).")
+    parts = body.count(b"--" + boundary.encode("latin-1", "replace"))
+    if parts > MAX_FORM_PARTS + 1:  # n parts: n delimiters and the closing one
+        raise QueryError(f"The form has too many parts ({parts - 1}); at most "
+                         f"{MAX_FORM_PARTS} are accepted.")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
     if not message.is_multipart():
@@ -456,6 +501,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         log.info("%s %s", self.address_string(), format % args)
 
+    def handle(self):
+        """A client that goes away or stays silent past the connection timeout costs one log
+        line, not a traceback per connection."""
+        try:
+            super().handle()
+        except (ConnectionError, socket.timeout) as error:
+            log.info("%s dropped: %s", self.client_address[0], type(error).__name__)
+            self.close_connection = True
+
     def _send(self, status: int, page: str) -> None:
         body = page.encode("utf-8")
         self.send_response(status)
@@ -463,21 +517,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Security-Policy",
                          "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-                         "form-action 'self'")
+                         "form-action 'self'; frame-ancestors 'none'")
+        self.send_header("X-Frame-Options", "DENY")  # browsers without frame-ancestors
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(body)
 
     def _page(self, status: int = 200, **kwargs) -> None:
+        """The page with ``status``; a model server that is down makes it 503, unless the
+        request itself was already refused (4xx: the user's to fix first)."""
         served = None
         try:
             served = self.backend.served()
         except QueryError as error:
             kwargs.setdefault("error", str(error))
-            status = max(status, error.status)
+            status = status if 400 <= status < 500 else max(status, error.status)
         except Exception as error:  # pylint: disable=broad-except
             kwargs.setdefault("error", server_error_message(self.options, error))
-            status = max(status, 503)
+            status = status if 400 <= status < 500 else max(status, 503)
         self._send(status, render_page(self.options, served, **kwargs))
 
     def do_GET(self):  # noqa: N802
@@ -493,10 +550,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         if urllib.parse.urlsplit(self.path).path != "/search":
             return self._send(404, render_page(self.options, None, error="No such page."))
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._page(411, error="The request has no length.")
+        declared = self.headers.get("Content-Length")
+        if declared is None or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # the body (if any) is never read
+            return self._send(411, render_page(self.options, None,
+                                               error="The request has no length."))
+        if not declared.strip().isdigit():  # negative ("-1" read to end of stream), junk
+            self.close_connection = True
+            return self._send(400, render_page(
+                self.options, None, error="The request's Content-Length is not a length."))
+        length = int(declared)
         if length > self.options.max_upload_bytes + FORM_OVERHEAD_BYTES:
             message = (f"The upload is too large: {length / 2**20:.2f} MB; the limit is "
                        f"{self.options.max_upload_bytes / 2**20:.2f} MB.")
@@ -536,7 +599,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     f"&ldquo;{esc(text_value)}&rdquo;")
             elif kind == "image":
                 filename, data = fields.get("image", (None, b""))
-                image = check_image(data, self.options.max_upload_bytes)
+                image = check_image(data, self.options.max_upload_bytes,
+                                    self.options.max_image_pixels)
                 outcome = self.backend.query(
                     "image", [image], "image",
                     f'<img class="thumb" alt="uploaded image" src="{thumbnail_data_uri(image)}">'
@@ -579,10 +643,26 @@ def server_error_message(options: WebOptions, error: Exception) -> str:
     return f"The search failed: {type(error).__name__}: {error}"
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+
+    def handle_error(self, request, client_address):
+        """Dropped clients are routine on the web: one line. Anything else keeps its
+        traceback in the log (never in a page)."""
+        import sys  # pylint: disable=import-outside-toplevel
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, socket.timeout)):
+            log.info("%s dropped: %s", client_address[0], type(error).__name__)
+            return
+        log.error("request from %s failed", client_address[0], exc_info=True)
+
+
 def make_server(options: WebOptions) -> http.server.ThreadingHTTPServer:
     backend = SearchBackend(options)
-    handler = type("BoundHandler", (Handler,), {"backend": backend, "options": options})
-    server = http.server.ThreadingHTTPServer((options.host, options.port), handler)
+    handler = type("BoundHandler", (Handler,), {"backend": backend, "options": options,
+                                                "timeout": options.connection_timeout_s})
+    server = _Server((options.host, options.port), handler)
     server.daemon_threads = True
     server.backend = backend  # type: ignore[attr-defined]
     return server

@@ -210,3 +210,40 @@ def test_generator_weight_average_tracks_and_swaps(demo):
     model.swap_generator_averages()
     for variable, expected in zip(variables, served):
         np.testing.assert_array_equal(variable.numpy(), expected)
+
+
+def test_no_gan_ablation_trains_no_discriminator_and_leaves_the_decoders(demo):
+    train = demo.splits["train"]
+    hp = TINY.replace(adversarial_weight=0.0, semantic_classifier="cosine",
+                      shared_classifier=True)
+    model = CMGAN(train.image.shape[1], train.text.shape[1], demo.num_classes, hp)
+    model.compile(steps_per_epoch=3)
+    decoder = model.image_generator.decoder_output.get_weights()[0].copy()
+    encoder = model.image_generator.own_encoder.get_weights()[0].copy()
+    discriminator = model.inter_image_discriminator.get_weights()[0].copy()
+    batches = class_balanced_batches(train.image, train.text, train.label, hp.batch_size)
+    history = model.fit(batches, epochs=1, steps_per_epoch=3, verbose=0).history
+    for d in model.discriminator_optimizers.values():
+        assert int(d.iterations.numpy()) == 0
+    for g in model.generator_optimizers.values():  # the schedule of G steps is kept
+        assert int(g.iterations.numpy()) == 3 * hp.generator_steps
+    np.testing.assert_array_equal(model.image_generator.decoder_output.get_weights()[0], decoder)
+    np.testing.assert_array_equal(model.inter_image_discriminator.get_weights()[0], discriminator)
+    assert not np.allclose(model.image_generator.own_encoder.get_weights()[0], encoder)
+    assert all(math.isfinite(v[-1]) for v in history.values())
+
+
+def test_common_space_losses_pull_same_class_pairs_together(demo):
+    """DSCMR's pairwise and invariance losses: finite, and with them the same-class cross-modal
+    cosine rises above the other-class one after a short run."""
+    train, val = demo.splits["train"], demo.splits["val"]
+    hp = TINY.replace(epochs=3, pair_loss_weight=5.0, invariance_weight=1.0,
+                      semantic_classifier="cosine", shared_classifier=True)
+    result = train_cmgan(train, val, demo.num_classes, hp, verbose=0)
+    assert all(math.isfinite(r["g_text_loss"]) for r in result.history)
+    image, text = embed(result.model, val.image, val.text)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    cosine = image @ text.T
+    same = val.label[:, None] == val.label[None, :]
+    assert cosine[same].mean() > cosine[~same].mean() + 0.1

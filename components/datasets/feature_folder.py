@@ -47,7 +47,14 @@ def write_feature_folder(dataset: FeatureDataset, path: str | os.PathLike) -> Pa
 
 def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     """One class name per line, in label order; blank or repeated names are errors."""
-    lines = require_path(path).read_text().rstrip("\n").split("\n")
+    data = require_path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        row = data[:error.start].count(b"\n")
+        raise DatasetError(path, "class name", f"not UTF-8 ({error.reason} at byte "
+                           f"{error.start}); save the file as UTF-8", row=row) from None
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
     names = tuple(line.strip() for line in lines)
     for row, name in enumerate(names):
         if not name:

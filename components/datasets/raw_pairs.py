@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import io
 import os
+import stat
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,6 +34,11 @@ CLASSES_FILE = "classes.txt"
 REQUIRED_COLUMNS = ("id", "image", "text", "label")
 SPLIT_COLUMN = "split"
 DEFAULT_SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+# csv's default field limit (128 KiB) is too small for a long article; bigger cells than this are
+# refused with the file and row named (the whole file is in memory anyway).
+MAX_FIELD_BYTES = 64 << 20
+IMAGE_OUTSIDE_FOLDER = "image_outside_folder"
+NOT_A_REGULAR_FILE = "not_a_regular_file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,7 @@ class RawRecord:
     image_features: np.ndarray | None = None
     text_features: np.ndarray | None = None
     problem: tuple[str, str, str] | None = None  # (reason, field, detail) found while reading
+    root: str | None = None  # the data folder image paths must stay in (default: source's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +103,7 @@ def read_raw_pairs(folder: str | os.PathLike, *, seed: int = 0,
         records.append(RawRecord(
             row=row, id=_text(cell["id"]).strip(), label=_text(cell["label"]).strip(),
             split=split, text=cell["text"], source=str(path), text_source=str(path),
-            image=image, image_path=str(folder / image) if image else None))
+            image=image, image_path=str(folder / image) if image else None, root=str(folder)))
     if not records:
         raise DatasetError(path, None, "no data rows after the header")
     class_file = folder / CLASSES_FILE
@@ -108,6 +115,39 @@ def read_raw_pairs(folder: str | os.PathLike, *, seed: int = 0,
             raise DatasetError(path, "label", "no row has a label, and there is no classes.txt")
     records = assign_splits(records, seed, fractions)
     return RawPairs(name=folder.name, records=tuple(records), class_names=class_names)
+
+
+def image_path_problem(folder: str, cell: str) -> tuple[str, str, str] | None:
+    """(reason, field, detail) when pairs.csv's image cell leaves the data folder or names
+    something that is not a regular file, else None (a missing file is the caller's to report).
+
+    pairs.csv is untrusted: an absolute path, ``..`` or a symlink pointing out of the folder
+    could make the pipeline read (and show on the search page) any file the user can read, and a
+    FIFO or device would block or never end. Nothing is opened here, only stat'ed."""
+    if not cell:
+        return None
+    where = f"'{cell}' (data folder {folder})"
+    parts = cell.replace("\\", "/").split("/")
+    if os.path.isabs(cell) or cell.startswith(("/", "\\")) or "://" in cell or (
+            len(cell) > 1 and cell[1] == ":") or ".." in parts:
+        return IMAGE_OUTSIDE_FOLDER, "image", f"{where}: image paths must be relative to the " \
+                                              "data folder, without '..'"
+    if "://" in folder:  # remote storage (gs://...): no symlinks or special files there
+        return None
+    root = os.path.realpath(folder)
+    resolved = os.path.realpath(os.path.join(folder, cell))
+    if os.path.commonpath([root, resolved]) != root:
+        return IMAGE_OUTSIDE_FOLDER, "image", f"{where}: a symbolic link leads out of the " \
+                                              "data folder"
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError:
+        return None  # missing: reported as missing_image_file
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        return NOT_A_REGULAR_FILE, "image", f"{where} is {kind}, not a regular file"
+    return None
 
 
 def assign_splits(records: Sequence[RawRecord], seed: int,
@@ -156,15 +196,30 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[bytes]]]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]  # UTF-8 byte order mark (Excel)
     reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+    csv.field_size_limit(MAX_FIELD_BYTES)
     try:
         header = [name.strip().lower() for name in next(reader)]
     except StopIteration:
         raise DatasetError(path, None, "empty file (no header)") from None
+    except csv.Error as error:
+        raise DatasetError(path, None, f"the header cannot be read: {error}") from None
     for column in REQUIRED_COLUMNS:
         if column not in header:
             raise DatasetError(path, column, f"missing required column (header: {header})")
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise DatasetError(path, repeated[0], f"column appears {header.count(repeated[0])} "
+                           f"times in the header {header}; each column must appear once")
     rows = []
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a cell over the field limit
+            raise DatasetError(path, None, f"{error} near line {reader.line_num} (a cell may "
+                               f"hold at most {MAX_FIELD_BYTES} characters)",
+                               row=len(rows)) from None
         if not fields or fields == [""]:
             continue  # blank line
         if len(fields) != len(header):

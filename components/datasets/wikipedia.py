@@ -17,6 +17,7 @@ from scipy.io.matlab import MatReadError
 from components.datasets.errors import DatasetError, require_path
 from components.datasets.feature_folder import read_class_names
 from components.datasets.types import FeatureDataset, Split
+from models.data import stratified_holdout
 from components.datasets.validation import validate_dataset, validate_split
 
 MAT_FILE = "raw_features.mat"
@@ -45,19 +46,6 @@ def read_wikipedia(data_dir: str | os.PathLike, val_fraction: float = 0.15,
               "test": full["test"]}
     paths["val"] = paths["train"]
     return validate_dataset("wikipedia", splits, class_names, paths)
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask picking ``round(fraction * n)`` random rows of every class (seeded)."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        count = min(int(fraction * len(rows) + 0.5), len(rows) - 1)
-        mask[rng.choice(rows, size=count, replace=False)] = True
-    return mask
 
 
 def _field_paths(folder: Path, split: str) -> dict[str, Path]:
