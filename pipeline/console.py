@@ -86,8 +86,15 @@ class _Session:
         self.verbose = verbose
         self.terminal_fd = os.dup(2)  # the real stderr, for the terminal handler and sys.stderr
         self.saved_stderr = sys.stderr
-        sys.stderr = open(os.dup(self.terminal_fd), "w", buffering=1,  # noqa: SIM115
-                          errors="backslashreplace")
+        # Only a sys.stderr that writes to fd 2 is moved onto the terminal's copy; one that a
+        # caller replaced (pytest's capsys, an embedding program) is left where it writes.
+        try:
+            self.replace_stderr = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):
+            self.replace_stderr = False
+        if self.replace_stderr:
+            sys.stderr = open(os.dup(self.terminal_fd), "w", buffering=1,  # noqa: SIM115
+                              errors="backslashreplace")
         fd, self.path = tempfile.mkstemp(prefix="cmgan-", suffix=".log")
         os.close(fd)
         self.claimed = False
@@ -164,8 +171,9 @@ class _Session:
         if self.tee is not None:
             self.tee.stdin.close()
             self.tee.wait(timeout=10)
-        stream, sys.stderr = sys.stderr, self.saved_stderr
-        stream.close()
+        if self.replace_stderr:
+            stream, sys.stderr = sys.stderr, self.saved_stderr
+            stream.close()
         os.close(self.terminal_fd)
         if not self.claimed:
             with contextlib.suppress(OSError):

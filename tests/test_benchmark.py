@@ -69,7 +69,7 @@ def test_resplit_without_fixed_test_draws_all_three_splits_stratified():
 def test_benchmark_command_writes_paired_per_split_document(tmp_path):
     hparams = [f"--hparam={k}={v}" for k, v in TINY_HPARAMS.items() if k != "epochs"]
     output = tmp_path / "bench.json"
-    out = run_cmgan("benchmark", "--dataset", "demo-features", "--splits", "2", "--epochs", "2",
+    out = run_cmgan("benchmark", "--dataset", "demo-features", "--splits", "2", "--epochs", "4",
                     "--hparam=jit_compile=false", *hparams, "--output", str(output),
                     cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -86,8 +86,8 @@ def test_benchmark_command_writes_paired_per_split_document(tmp_path):
             assert len(entry["per_split"]) == 2
             assert entry["mean"] == pytest.approx(np.mean(entry["per_split"]))
             assert entry["sd"] == pytest.approx(np.std(entry["per_split"], ddof=1))
-        # above chance (8 balanced classes: about 1/8), nothing tighter
-        assert summary["test_mean"]["mean"] > 0.2, method
+        # above chance (8 balanced classes: MAP of a random ranking is about 1/8), no tighter
+        assert summary["test_mean"]["mean"] > 0.15, method
     baselines = {m: document["methods"][m]["test_mean"] for m in ("cca", "classifier")}
     best = max(baselines, key=lambda m: baselines[m]["mean"])
     paired = document["paired"]["cmgan_minus_best_baseline"]
@@ -98,7 +98,7 @@ def test_benchmark_command_writes_paired_per_split_document(tmp_path):
     assert paired["mean"] == pytest.approx(diffs.mean())
     assert paired["ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
     assert [len(s["sizes"]) for s in document["per_split"]] == [3, 3]
-    assert all(1 <= e <= 2 for s in document["per_split"] for e in s["best_epoch"].values())
+    assert all(1 <= e <= 4 for s in document["per_split"] for e in s["best_epoch"].values())
 
 
 def test_raw_features_are_encoded_once_and_read_from_the_cache(tiny_raw_demo_dir, tmp_path):
