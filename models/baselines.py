@@ -211,10 +211,18 @@ def fit_baselines(dataset: FeatureDataset, seed: int = 0) -> dict[str, CrossModa
     return {"cca": fit_cca(train, val), "classifier": fit_classifier(train, val, seed=seed)}
 
 
+def baseline_reports(dataset: FeatureDataset, splits: Sequence[str] = ("val", "test"),
+                     k_values: Sequence[int] = (50,), seed: int = 0) -> dict[str, dict]:
+    """{baseline: {split: metrics.retrieval_report}}, each baseline fitted once (on train,
+    tuned on val) and scored on every split asked for."""
+    return {name: {split: metrics.retrieval_report(
+                *baseline_embeddings(model, dataset.splits[split]),
+                dataset.splits[split].label, k_values) for split in splits}
+            for name, model in fit_baselines(dataset, seed).items()}
+
+
 def evaluate_baselines(dataset: FeatureDataset, split: str = "test",
                        k_values: Sequence[int] = (50,), seed: int = 0) -> dict[str, dict]:
     """metrics.retrieval_report of each baseline on `split` (fitted on train, tuned on val)."""
-    evaluated = dataset.splits[split]
-    return {name: metrics.retrieval_report(*baseline_embeddings(model, evaluated),
-                                           evaluated.label, k_values)
-            for name, model in fit_baselines(dataset, seed).items()}
+    return {name: reports[split] for name, reports in
+            baseline_reports(dataset, (split,), k_values, seed).items()}

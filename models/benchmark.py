@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.baselines import baseline_embeddings, fit_baselines
+from models.baselines import baseline_reports
 from models.data import FeatureDataset, Split, stratified_holdout
 from models.hparams import CMGANHParams
 from models.metrics import retrieval_report
@@ -71,12 +71,9 @@ def evaluate_split(dataset: FeatureDataset, hparams: CMGANHParams, seed: int,
             "test": retrieval_report(*embed(trained.model, test.image, test.text), test.label)}
         results["best_epoch"][name] = trained.best_epoch
     if any(name in methods for name in BASELINES):
-        for name, model in fit_baselines(dataset, seed).items():
-            if name in methods:
-                results["methods"][name] = {
-                    split: retrieval_report(*baseline_embeddings(model, dataset.splits[split]),
-                                            dataset.splits[split].label)
-                    for split in ("val", "test")}
+        results["methods"].update({name: reports for name, reports in
+                                   baseline_reports(dataset, seed=seed).items()
+                                   if name in methods})
     return results
 
 

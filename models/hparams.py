@@ -118,8 +118,7 @@ class CMGANHParams:
             check_range(name, getattr(self, name), 0.0, low_open=True)
         for name in ("leaky_relu_slope", "semantic_weight", "adversarial_weight",
                      "pair_loss_weight", "invariance_weight", "weight_decay"):
-            if hasattr(self, name):
-                check_range(name, getattr(self, name), 0.0)
+            check_range(name, getattr(self, name), 0.0)
         for name in ("input_dropout", "dropout", "kim_dropout", "beta_1", "beta_2",
                      "ema_decay"):  # probabilities / decay rates: 1 would never move
             check_range(name, getattr(self, name), 0.0, 1.0, high_open=True)
