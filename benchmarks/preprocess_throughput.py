@@ -54,8 +54,8 @@ def write_jpeg_folder(folder: Path, num_images: int, side: int = 128, seed: int 
 def run_beam(folder: Path, work: Path, encoder: str, image_size: int, beam_args: list[str]):
     from tfx.types import standard_artifacts
 
-    from components.raw_example_gen import QuarantinedRecords
-    from components.raw_example_gen_executor import Executor
+    from components.raw_example_gen.component import QuarantinedRecords
+    from components.raw_example_gen.executor import Executor
 
     examples, quarantine = standard_artifacts.Examples(), QuarantinedRecords()
     examples.uri, quarantine.uri = str(work / "examples"), str(work / "quarantine")
@@ -77,7 +77,7 @@ def run_direct(folder: Path, num_images: int, encoder: str, image_size: int,
                batch_size: int = 32):
     import tensorflow as tf
 
-    from components.keras_encoders import build_keras_encoder
+    from models.keras_image_encoders import build_keras_encoder
     from models.image_decoding import decode_and_resize
 
     start = time.perf_counter()

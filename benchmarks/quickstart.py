@@ -33,7 +33,7 @@ LIBRARY_LINE = re.compile(
 
 def cmgan_command() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "cmgan")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "pipeline.cli"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "pipeline"]
 
 
 def is_noise(line: str, stream: str) -> bool:

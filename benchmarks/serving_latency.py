@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.metrics import l2_normalise  # noqa: E402
 from serving import config_files  # noqa: E402
 from serving.client import ServingClient  # noqa: E402
-from serving.search_model import GalleryPart, export_search_model  # noqa: E402
+from serving.gallery import GalleryPart  # noqa: E402
+from serving.search_model import export_search_model  # noqa: E402
 
 IMAGE_DIM, TEXT_DIM, COMMON_DIM = 128, 10, 1024
 ENCODER = "bench"
@@ -124,7 +125,7 @@ def floor(fn, inputs: dict, repeats: int) -> dict[str, float]:
 
 def start_server(config_file: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_command", "serve", "--model-config-file",
+        [sys.executable, "-m", "pipeline", "serve", "--model-config-file",
          config_file, "--port", "0", "--max-message-mb", "256"],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)

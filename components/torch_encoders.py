@@ -26,8 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-MINILM = "torch:minilm"
-EFFICIENTNET_LITE0 = "torch:efficientnet-lite0"
+from models.encoder_kinds import EFFICIENTNET_LITE0, MINILM
 
 INSTALL_COMMAND = "bash scripts/install_torch_extra.sh"
 

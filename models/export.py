@@ -26,14 +26,12 @@ import tensorflow as tf
 from models.image_decoding import decode_and_resize
 from models.preprocessing import (ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY, pixels_from_bytes,
                                   scale_pixels)
+from models.signatures import (EMBEDDING_KEY, ENCODE_IMAGE, ENCODE_IMAGE_BYTES, ENCODE_TEXT,
+                               ENCODE_TEXT_STRING, EXAMPLES_KEY, IMAGE_BYTES_KEY,
+                               IMAGE_EMBEDDING_KEY, SERVING_DEFAULT, TEXT_EMBEDDING_KEY)
 
 if TYPE_CHECKING:
     import tensorflow_transform as tft
-
-SIGNATURES = ("encode_image", "encode_text", "serving_default")
-RAW_SIGNATURES = ("encode_image_bytes", "encode_text_string")
-EMBEDDING_KEY = "embedding"
-IMAGE_BYTES_KEY = "image_bytes"
 
 
 def _raw_spec(tf_transform_output: tft.TFTransformOutput, key: str) -> tf.io.FixedLenFeature:
@@ -148,8 +146,8 @@ class CrossModalEncoder(tf.Module):
         image = features[IMAGE_KEY]
         if self.pixel_image:
             image = tf.cast(pixels_from_bytes(image, self.image_size), tf.float32)
-        return {"image_embedding": self._image_embedding(image),
-                "text_embedding": self._text_embedding(features[TEXT_KEY])}
+        return {IMAGE_EMBEDDING_KEY: self._image_embedding(image),
+                TEXT_EMBEDDING_KEY: self._text_embedding(features[TEXT_KEY])}
 
     def input_specs(self) -> dict[str, tf.TensorSpec]:
         """The ``image`` and ``text`` inputs of encode_image / encode_text."""
@@ -163,16 +161,16 @@ class CrossModalEncoder(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         specs = self.input_specs()
         signatures = {
-            "encode_image": self.encode_image.get_concrete_function(specs[IMAGE_KEY]),
-            "encode_text": self.encode_text.get_concrete_function(specs[TEXT_KEY]),
-            "serving_default": self.serve_examples.get_concrete_function(
-                tf.TensorSpec([None], tf.string, name="examples")),
+            ENCODE_IMAGE: self.encode_image.get_concrete_function(specs[IMAGE_KEY]),
+            ENCODE_TEXT: self.encode_text.get_concrete_function(specs[TEXT_KEY]),
+            SERVING_DEFAULT: self.serve_examples.get_concrete_function(
+                tf.TensorSpec([None], tf.string, name=EXAMPLES_KEY)),
         }
         if self.pixel_image or self.image_feature_extractor is not None:
-            signatures["encode_image_bytes"] = self.encode_image_bytes.get_concrete_function(
+            signatures[ENCODE_IMAGE_BYTES] = self.encode_image_bytes.get_concrete_function(
                 tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_KEY))
         if self.token_text:
-            signatures["encode_text_string"] = signatures["encode_text"]
+            signatures[ENCODE_TEXT_STRING] = signatures[ENCODE_TEXT]
         return signatures
 
 

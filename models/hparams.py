@@ -6,15 +6,17 @@ import json
 import math
 from typing import Any
 
+from models import encoder_kinds
 from models.config_errors import ConfigError, as_bool, as_float, as_int, check_range
 
 WRONG_PAIRS = ("mismatched", "matched")
 SEMANTIC_CLASSIFIERS = ("dense", "cosine")
-# What each generator's input is: "features" = precomputed vectors (also what Beam computes with
-# a keras:/torch: encoder); "cnn" = pixels into models.image_encoder; "kim_cnn" = token ids into
-# models.text_encoder. Both end-to-end encoders are trained with the generator.
-IMAGE_ENCODERS = ("features", "cnn")
-TEXT_ENCODERS = ("features", "kim_cnn")
+# What each generator's input is (models/encoder_kinds.py): "features" = precomputed vectors (also
+# what Beam computes with a keras:/torch: encoder); "cnn" = pixels into models.image_encoder;
+# "kim_cnn" = token ids into models.text_encoder. Both end-to-end encoders are trained with the
+# generator.
+IMAGE_ENCODERS = encoder_kinds.model_inputs(encoder_kinds.IMAGE)
+TEXT_ENCODERS = encoder_kinds.model_inputs(encoder_kinds.TEXT)
 
 
 @dataclasses.dataclass(frozen=True)

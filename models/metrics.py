@@ -16,6 +16,9 @@ import numpy as np
 _CHUNK_ELEMENTS = 1 << 23
 _MAX_CHUNK_ROWS = 1024
 TASKS = ("i2t", "t2i", "all_modal")
+# Model selection, by the Trainer (best epoch) and the RetrievalEvaluator (blessing): the
+# validation split's mean of image->text and text->image MAP@all (never test).
+SELECTION_SPLIT, SELECTION_METRIC = "val", "mean"
 
 ScoreRows = Callable[[slice], np.ndarray]
 

@@ -61,6 +61,12 @@ def class_balanced_batches(image: np.ndarray, text: np.ndarray, label: np.ndarra
                 "wrong_image": tf.gather(images, wrong), "wrong_text": tf.gather(texts, wrong),
                 "wrong_label": tf.gather(labels, wrong)}
 
-    return (tf.data.Dataset.counter(start=start_batch * batch_size).batch(batch_size, drop_remainder=True)
-            .map(sample, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    # Fixed parallelism, autotuning off: a few gathers per batch need no tuning, and inside the
+    # TFX Trainer the autotuner's thread held the iterator's destructor for ~50 s after fit().
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (tf.data.Dataset.counter(start=start_batch * batch_size)
+            .batch(batch_size, drop_remainder=True)
+            .map(sample, num_parallel_calls=2)
+            .prefetch(2)
+            .with_options(options))

@@ -29,10 +29,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from models.encoder_kinds import is_keras
+from models.example_codec import read_split
 from models.export import export_serving_model
 from models.hparams import CMGANHParams
 from models.metrics import l2_normalise
-from models.preprocessing import num_classes_from_schema, read_split
+from models.preprocessing import num_classes_from_schema
 from models.training import train_cmgan
 
 TRAINING_REPORT = "training_report.json"
@@ -116,11 +118,11 @@ def run_fn(fn_args) -> None:
 def _image_feature_extractor(config: dict[str, Any]):
     """The keras: image encoder Beam ran, rebuilt identically, for ``encode_image_bytes``."""
     spec = config.get("image_feature_encoder") or ""
-    if not spec.startswith("keras:"):
+    if not is_keras(spec):
         return None, None
-    from components import keras_encoders  # pylint: disable=import-outside-toplevel
+    from models import keras_image_encoders  # pylint: disable=import-outside-toplevel
 
-    encoder = keras_encoders.build_keras_encoder(
+    encoder = keras_image_encoders.build_keras_encoder(
         spec, weights=config.get("image_feature_encoder_weights") or "none",
         image_size=config.get("image_feature_size") or None, seed=int(config.get("seed", 0)))
     return encoder.model, encoder.image_size

@@ -18,11 +18,11 @@ import tensorflow as tf
 from models.cmgan import CMGAN
 from models.distribute import make_strategy
 from models.hparams import CMGANHParams
+from models.metrics import SELECTION_METRIC
 from models.progress import TrainingProgress
 from models.sampling import class_balanced_batches, steps_per_epoch
 
 log = logging.getLogger(__name__)
-SELECTION_METRIC = "mean"  # validation mean of image->text and text->image MAP@all
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""`cmgan`: the console script. Each subcommand lives in its own module."""
+"""`cmgan`: the console script (also ``python -m pipeline``). Each subcommand lives in its own
+module under pipeline/commands/."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,8 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import (benchmark_command, check_data_command, report_command,
-                          retrain_command, run_command, serve_command, train_command,
-                          web_command)
+    from pipeline.commands import (benchmark, check_data, report, retrain, run, serve, train,
+                                   web)
 
     parser = argparse.ArgumentParser(
         prog="cmgan",
@@ -19,14 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the full log (library lines included) on the terminal")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run_command.register(subparsers)
-    train_command.register(subparsers)
-    check_data_command.register(subparsers)
-    benchmark_command.register(subparsers)
-    serve_command.register(subparsers)
-    retrain_command.register(subparsers)
-    report_command.register(subparsers)
-    web_command.register(subparsers)
+    for command in (run, train, check_data, benchmark, serve, retrain, report, web):
+        command.register(subparsers)
     return parser
 
 
@@ -48,7 +42,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     finally:
         console.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

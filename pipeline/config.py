@@ -14,22 +14,20 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+from components.datasets.registry import PIPELINE_DATASETS, raw_dataset_names
+from models import encoder_kinds
 from models.config_errors import (ConfigError, as_bool, as_float, as_int, check_name,
                                   check_range)
 from models.distribute import STRATEGIES
 from models.hparams import PRESETS, CMGANHParams, hparams_for_dataset
 
-# Pipeline datasets. Raw (RawExampleGen, Beam decodes and validates): "demo" (the embedded,
-# seeded image/caption demo, made by the pipeline itself), "raw" (a pairs.csv folder) and
-# "wikipedia" with a text encoder other than "features" (raw article texts + SIFT features).
-# Features (FeatureExampleGen): "demo-features" (the synthetic feature demo), "wikipedia",
-# "features" (an npz folder). "examples": train/, val/, test/ of tf.Example TFRecords.
-RAW_DATASETS = ("demo", "raw")
-DATASETS = ("demo", "raw", "wikipedia", "features", "demo-features", "examples")
-IMAGE_ENCODER_KINDS = ("features", "cnn", "keras:", "torch:")
-TEXT_ENCODERS = ("features", "kim_cnn", "torch:minilm")
+# Pipeline datasets (components/datasets/registry.py): RAW_DATASETS always go to RawExampleGen;
+# "wikipedia" does too with a text encoder other than "features".
+RAW_DATASETS = raw_dataset_names()
+DATASETS = tuple(PIPELINE_DATASETS)
+TEXT_ENCODERS = encoder_kinds.names(encoder_kinds.TEXT)  # models/encoder_kinds.py
 DEFAULT_IMAGE = "cmgan-tfx:latest"  # Kubeflow: an image with this project installed
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
@@ -41,9 +39,10 @@ class DataConfig:
     data_dir: Optional[str] = None
     seed: int = 0  # demo data, Wikipedia's validation split, and the baselines
     val_fraction: float = 0.15  # Wikipedia only: validation carved from train
-    # Spans (components/spans.py): data_dir is a root with one feature folder per span, matched
-    # by span_pattern (e.g. "span-{SPAN}"); a run trains on the span_window latest spans and
-    # evaluates on the val/test of eval_span ("first" | "latest" | a span number). None: no spans.
+    # Spans (components/example_gen/spans.py): data_dir is a root with one feature folder per
+    # span, matched by span_pattern (e.g. "span-{SPAN}"); a run trains on the span_window latest
+    # spans and evaluates on the val/test of eval_span ("first" | "latest" | a span number).
+    # None: no spans.
     span_pattern: Optional[str] = None
     span_window: int = 1
     eval_span: str = "first"
@@ -63,11 +62,10 @@ class DataConfig:
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ConfigError.says(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.dataset not in ("demo", "demo-features") and not self.data_dir:
+        if PIPELINE_DATASETS[self.dataset].needs_data_dir and not self.data_dir:
             raise ConfigError.says(f"dataset {self.dataset!r} needs data_dir")
         image, text = self.encoders()
-        if not any(image.startswith(k) and len(image) > len(k) if k.endswith(":") else image == k
-                   for k in IMAGE_ENCODER_KINDS):
+        if encoder_kinds.find(image, encoder_kinds.IMAGE) is None:
             raise ConfigError.says(f"image_encoder must be features, cnn, keras:<Application> or "
                              f"torch:<name>, got {image!r}")
         if text not in TEXT_ENCODERS:
@@ -93,7 +91,7 @@ class DataConfig:
             check_range("max_image_pixels", as_int("max_image_pixels", self.max_image_pixels), 1)
         object.__setattr__(self, "eval_span", str(self.eval_span))
         if self.span_pattern:
-            from components import spans  # pylint: disable=import-outside-toplevel
+            from components.example_gen import spans  # pylint: disable=import-outside-toplevel
 
             if self.dataset != "features":
                 raise ConfigError.says("spans (span_pattern) need dataset 'features'")
@@ -116,8 +114,9 @@ class DataConfig:
     def model_encoders(self) -> dict[str, Any]:
         """The model's view: keras:/torch: encoders ran in Beam, so their output is features."""
         image, text = self.encoders()
-        values: dict[str, Any] = {"image_encoder": "cnn" if image == "cnn" else "features",
-                                  "text_encoder": "kim_cnn" if text == "kim_cnn" else "features"}
+        values: dict[str, Any] = {
+            "image_encoder": encoder_kinds.model_input(image, encoder_kinds.IMAGE),
+            "text_encoder": encoder_kinds.model_input(text, encoder_kinds.TEXT)}
         if image == "cnn" and self.image_size:
             values["image_size"] = int(self.image_size)
         return values
@@ -223,7 +222,8 @@ class PipelineConfig:
         """Paper defaults, then the dataset's preset, then the configured overrides."""
         return hparams_for_dataset(self.data.dataset,
                                    {**self.data.model_encoders(), **self.training.hparams},
-                                   preset=self.training.preset or None)
+                                   preset=(self.training.preset
+                                           or PIPELINE_DATASETS[self.data.dataset].preset))
 
     @property
     def checkpoint_root(self) -> str:
@@ -270,8 +270,9 @@ class PipelineConfig:
                        ) -> "PipelineConfig":
         """A copy with flag values applied; ``None`` leaves a value as configured.
 
-        ``hparams`` are merged into the configured ones; ``strategy``, ``preset``, ``map_threshold`` and
-        ``map_margin`` go to their sections; the rest are PipelineConfig fields. Derived paths
+        ``hparams`` are merged into the configured ones; the DATA_FLAGS, ``strategy``,
+        ``preset``, ``warm_start``, ``map_threshold`` and ``map_margin`` go to their sections;
+        the rest are PipelineConfig fields. Derived paths
         (pipeline_root, metadata_path) follow a changed pipeline name unless configured, as
         they are only filled in by ``resolved()``.
         """
@@ -282,7 +283,7 @@ class PipelineConfig:
                                    **{k: fields.pop(k) for k in DATA_FLAGS if k in fields})
         training = dataclasses.replace(
             self.training, hparams={**self.training.hparams, **(hparams or {})},
-            **{k: fields.pop(k) for k in ("strategy", "preset") if k in fields})
+            **{k: fields.pop(k) for k in ("strategy", "preset", "warm_start") if k in fields})
         evaluation = dataclasses.replace(
             self.evaluation, **{k: fields.pop(k) for k in ("map_threshold", "map_margin")
                                 if k in fields})
@@ -293,7 +294,19 @@ class PipelineConfig:
 
 
 DATA_FLAGS = ("image_encoder", "text_encoder", "image_encoder_weights", "image_size",
-              "max_quarantine_fraction", "max_image_pixels")
+              "max_quarantine_fraction", "max_image_pixels", "span_pattern", "span_window",
+              "eval_span")
+
+
+def load_config(config_file: Optional[str] = None, *,
+                adjust: Optional[Callable[[PipelineConfig], PipelineConfig]] = None,
+                **overrides: Any) -> PipelineConfig:
+    """The one way a configuration is built: the defaults here, then the JSON ``config_file``,
+    then ``PipelineConfig.with_overrides(**overrides)`` (flag values; None: as configured),
+    then ``adjust`` (a command's own last change), resolved once at the end."""
+    config = PipelineConfig.from_json_file(config_file) if config_file else PipelineConfig()
+    config = config.with_overrides(**overrides)
+    return (adjust(config) if adjust is not None else config).resolved()
 
 
 def int_in(low: int, high: int):

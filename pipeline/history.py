@@ -11,14 +11,9 @@ import json
 import os
 from typing import Any, Optional
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-EXAMPLE_GEN_ID, TRAINER_ID = "FeatureExampleGen", "Trainer"
-EVALUATOR_ID, PUSHER_ID = "RetrievalEvaluator", "Pusher"
-_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
-_DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+from pipeline import metadata, node_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +41,6 @@ class RunRecord:
         return dataclasses.asdict(self)
 
 
-def _store(metadata_path: str) -> metadata_store.MetadataStore:
-    from pipeline.local_runner import metadata_connection  # pylint: disable=C0415
-
-    return metadata_store.MetadataStore(metadata_connection(metadata_path))
-
-
-def _artifacts(store, execution_id: int, kinds) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in kinds]
-    by_id = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    result: dict[str, list] = {}
-    for event in events:
-        result.setdefault(event.path.steps[0].key, []).append(by_id[event.artifact_id])
-    return result
-
-
 def _first(artifacts: dict, key: str):
     return (artifacts.get(key) or [None])[0]
 
@@ -71,50 +51,26 @@ def _custom(artifact, key: str, kind: str = "string_value"):
     return getattr(artifact.custom_properties[key], kind)
 
 
-def runs_by_node(store, pipeline_name: str
-                 ) -> list[tuple[metadata_store_pb2.Context, dict[str, Any]]]:
-    """(pipeline_run context, node id -> execution) for every run, oldest first."""
-    pipeline_context = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline_context is None:
-        return []
-    node_type = store.get_context_type("node")
-    prefix = f"{pipeline_name}."
-    runs = []
-    for run in sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id):
-        executions = store.get_executions(list_options=metadata_store.ListOptions(
-            filter_query=f"contexts_a.id = {pipeline_context.id} AND contexts_b.id = {run.id}"))
-        if not executions:
-            continue
-        by_node = {}
-        for execution in executions:
-            for context in store.get_contexts_by_execution(execution.id):
-                if context.type_id == node_type.id and context.name.startswith(prefix):
-                    by_node[context.name[len(prefix):]] = execution
-        runs.append((run, by_node))
-    return runs
-
-
 def run_history(metadata_path: str, pipeline_name: str) -> list[RunRecord]:
     if not os.path.exists(metadata_path):
         return []
-    store = _store(metadata_path)
+    store = metadata.open_store(metadata_path)
     records = []
     State = metadata_store_pb2.Execution.State  # pylint: disable=invalid-name
-    for run, nodes in runs_by_node(store, pipeline_name):
+    for run, nodes in metadata.runs_by_node(store, pipeline_name):
         def outputs(node):
-            return _artifacts(store, nodes[node].id, _OUTPUT_EVENTS) if node in nodes else {}
+            return metadata.artifacts(store, nodes[node].id) if node in nodes else {}
 
-        examples = _first(outputs(EXAMPLE_GEN_ID), "examples")
+        examples = _first(outputs(node_ids.FEATURE_EXAMPLE_GEN), "examples")
         spans, eval_span = None, None
         if examples is not None and _custom(examples, "spans"):
             spans = json.loads(_custom(examples, "spans"))
             eval_span = _custom(examples, "eval_span", "int_value")
-        model = _first(outputs(TRAINER_ID), "model")
-        evaluator = outputs(EVALUATOR_ID)
+        model = _first(outputs(node_ids.TRAINER), "model")
+        evaluator = outputs(node_ids.EVALUATOR)
         evaluation, blessing = _first(evaluator, "evaluation"), _first(evaluator, "blessing")
-        evaluated = (EVALUATOR_ID in nodes and nodes[EVALUATOR_ID].last_known_state in _DONE
-                     and blessing is not None)
-        pushed = _first(outputs(PUSHER_ID), "pushed_model")
+        evaluated = metadata.is_done(nodes.get(node_ids.EVALUATOR)) and blessing is not None
+        pushed = _first(outputs(node_ids.PUSHER), "pushed_model")
         pushed_version = None
         if pushed is not None and _custom(pushed, "pushed", "int_value") == 1:
             pushed_version = _custom(pushed, "pushed_version")
@@ -198,15 +154,7 @@ class RunArtifacts:
         return _first(self.outputs.get(node, {}), key)
 
     def completed(self, node: str) -> bool:
-        execution = self.executions.get(node)
-        return execution is not None and execution.last_known_state in _DONE
-
-
-def pipeline_names(metadata_path: str) -> list[str]:
-    """Pipelines recorded in a metadata store (to say which exist when a name is wrong)."""
-    if not os.path.exists(metadata_path):
-        return []
-    return sorted(c.name for c in _store(metadata_path).get_contexts_by_type("pipeline"))
+        return metadata.is_done(self.executions.get(node))
 
 
 def find_run(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> RunArtifacts:
@@ -214,18 +162,18 @@ def find_run(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> Run
     by ``cmgan history``, or a run id. Raises LookupError naming what exists."""
     if not os.path.exists(metadata_path):
         raise LookupError(f"no ML Metadata store at {metadata_path}")
-    store = _store(metadata_path)
-    runs = runs_by_node(store, pipeline_name)
+    store = metadata.open_store(metadata_path)
+    runs = metadata.runs_by_node(store, pipeline_name)
     if not runs:
-        known = ", ".join(pipeline_names(metadata_path)) or "none"
+        known = ", ".join(metadata.pipeline_names(metadata_path)) or "none"
         raise LookupError(f"no runs of pipeline {pipeline_name!r} in {metadata_path} "
                           f"(pipelines recorded: {known})")
     numbered = list(enumerate(runs, 1))
     if run.upper() == "LATEST":
         chosen = [(n, r) for n, r in numbered
-                  if EVALUATOR_ID in r[1] and r[1][EVALUATOR_ID].last_known_state in _DONE]
+                  if metadata.is_done(r[1].get(node_ids.EVALUATOR))]
         if not chosen:
-            raise LookupError(f"no run of {pipeline_name} reached the {EVALUATOR_ID}")
+            raise LookupError(f"no run of {pipeline_name} reached the {node_ids.EVALUATOR}")
         number, (context, nodes) = chosen[-1]
     else:
         matches = [(n, r) for n, r in numbered
@@ -234,7 +182,7 @@ def find_run(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> Run
             ids = "; ".join(f"{n}: {r[0].name}" for n, r in numbered)
             raise LookupError(f"no run {run!r} of {pipeline_name}; runs: {ids}")
         number, (context, nodes) = matches[0]
-    outputs = {node: _artifacts(store, execution.id, _OUTPUT_EVENTS)
+    outputs = {node: metadata.artifacts(store, execution.id)
                for node, execution in nodes.items()}
     return RunArtifacts(run_id=context.name, number=number,
                         started=context.create_time_since_epoch / 1000.0,

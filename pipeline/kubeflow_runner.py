@@ -3,14 +3,12 @@
 Every component runs in one container image that has this project installed (``pip install .``),
 so components are found by their dotted paths. Paths in the config (pipeline root, data dir,
 serving root) must be valid INSIDE that container, e.g. gs:// URIs or mounted volumes.
-
-    python -m pipeline.kubeflow_runner --output cmgan-pipeline.json --image REGISTRY/cmgan:TAG
+From the command line: ``cmgan compile`` (or ``python -m pipeline compile``), e.g.
+``cmgan compile --output cmgan-pipeline.json --image REGISTRY/cmgan:TAG``.
 """
 from __future__ import annotations
 
 import os
-import sys
-from typing import Optional, Sequence
 
 from tfx import v1 as tfx
 
@@ -29,13 +27,3 @@ def compile_pipeline(config: PipelineConfig, output_file: str,
     runner.run(create_pipeline_from_config(config), write_out=True)
     return output_file
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.kubeflow_runner [compile flags]``: the flags of ``cmgan compile``."""
-    from pipeline import run_command
-
-    return run_command.main(["compile", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,28 +2,24 @@
 Beam arguments name), ML Metadata in SQLite under the pipeline root.
 
 After a run the outcome is read back from ML Metadata: the evaluator's MAP table and the pushed
-model path, or the reason nothing was pushed.
-
-    python -m pipeline.local_runner --dataset demo --epochs 50
+model path, or the reason nothing was pushed. From the command line: ``cmgan run`` (or
+``python -m pipeline run``), e.g. ``cmgan run --dataset demo --epochs 50``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from ml_metadata import metadata_store
-from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.retrieval_evaluator.constants import EVALUATION_FILE
 from models.metrics import format_map_table, metrics_document
+from pipeline import node_ids
 from pipeline.config import PipelineConfig
+from pipeline.metadata import latest_run_executions, metadata_connection, output_artifacts
 from pipeline.pipeline import create_pipeline_from_config
-
-EVALUATOR_ID, PUSHER_ID = "RetrievalEvaluator", "Pusher"
-EVALUATION_FILE = "retrieval_metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,59 +58,19 @@ class RunResult:
                                 pushed_model=self.pushed_model)
 
 
-def metadata_connection(metadata_path: str) -> metadata_store_pb2.ConnectionConfig:
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-
-
-def latest_run_executions(metadata_path: str,
-                          pipeline_name: str) -> dict[str, metadata_store_pb2.Execution]:
-    """Node id -> its execution in the pipeline's most recent run (cached ones included)."""
-    store = metadata_store.MetadataStore(metadata_connection(metadata_path))
-    pipeline_context = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline_context is None:
-        return {}
-    for run in sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: -c.id):
-        executions = store.get_executions(list_options=metadata_store.ListOptions(
-            filter_query=f"contexts_a.id = {pipeline_context.id} AND contexts_b.id = {run.id}"))
-        if executions:
-            break
-    else:
-        return {}
-    node_type_id, prefix = store.get_context_type("node").id, f"{pipeline_name}."
-    by_node = {}
-    for execution in executions:
-        for context in store.get_contexts_by_execution(execution.id):
-            if context.type_id == node_type_id and context.name.startswith(prefix):
-                by_node[context.name[len(prefix):]] = execution
-    return by_node
-
-
-def output_artifacts(metadata_path: str, execution_id: int
-                     ) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    """Output key -> artifacts of one execution."""
-    store = metadata_store.MetadataStore(metadata_connection(metadata_path))
-    outputs: dict[str, list[metadata_store_pb2.Artifact]] = {}
-    events = [e for e in store.get_events_by_execution_ids([execution_id])
-              if e.type in (metadata_store_pb2.Event.OUTPUT,
-                            metadata_store_pb2.Event.DECLARED_OUTPUT)]
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    for event in events:
-        outputs.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
-    return outputs
-
-
 def read_run_result(config: PipelineConfig) -> RunResult:
     """The evaluator's table and the Pusher's outcome of the latest run."""
     config = config.resolved()
     executions = latest_run_executions(config.metadata_path, config.pipeline_name)
-    if EVALUATOR_ID not in executions or PUSHER_ID not in executions:
+    if node_ids.EVALUATOR not in executions or node_ids.PUSHER not in executions:
         raise RuntimeError(f"the latest run of {config.pipeline_name} did not reach the "
                            f"evaluator and the pusher (ran: {', '.join(sorted(executions))})")
     evaluation_uri = output_artifacts(config.metadata_path,
-                                      executions[EVALUATOR_ID].id)["evaluation"][0].uri
+                                      executions[node_ids.EVALUATOR].id)["evaluation"][0].uri
     with open(os.path.join(evaluation_uri, EVALUATION_FILE)) as f:
         evaluation = json.load(f)
-    pushed = output_artifacts(config.metadata_path, executions[PUSHER_ID].id)["pushed_model"][0]
+    pushed = output_artifacts(config.metadata_path,
+                              executions[node_ids.PUSHER].id)["pushed_model"][0]
     pushed_model = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_model = pushed.custom_properties["pushed_destination"].string_value
@@ -196,13 +152,3 @@ def run_pipeline(config: PipelineConfig) -> RunResult:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     return read_run_result(config)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.local_runner [run flags]``: the same flags as ``cmgan run``."""
-    from pipeline import run_command
-
-    return run_command.main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,14 +17,15 @@ from typing import Any, Mapping, Optional, Sequence
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components.anomalies_gate import AnomaliesGate
+from components.anomalies_gate.component import AnomaliesGate
 from components.datasets import SPLITS
-from components.feature_example_gen import FeatureExampleGen
-from components.gallery_search import GallerySearch
-from components.raw_example_gen import RawExampleGen
-from components.retrieval_evaluator import RetrievalEvaluator
-from components.schema_curator import SchemaCurator
+from components.feature_example_gen.component import FeatureExampleGen
+from components.gallery_search.component import GallerySearch
+from components.raw_example_gen.component import RawExampleGen
+from components.retrieval_evaluator.component import RetrievalEvaluator
+from components.schema_curator.component import SchemaCurator
 from models.preprocessing import transform_config
+from pipeline import node_ids
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
@@ -39,7 +40,8 @@ def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction:
                  eval_span: str = "first", raw: Optional[Mapping[str, Any]] = None):
     if raw is not None:
         return RawExampleGen(dataset=RAW_EXAMPLE_GEN_DATASETS[dataset], data_dir=data_dir,
-                             seed=seed, val_fraction=val_fraction, **raw)
+                             seed=seed, val_fraction=val_fraction, **raw
+                             ).with_id(node_ids.RAW_EXAMPLE_GEN)
     if dataset == "demo-features":
         dataset = "demo"
     if dataset == "examples":
@@ -47,29 +49,32 @@ def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction:
         return tfx.components.ImportExampleGen(
             input_base=data_dir,
             input_config=tfx.proto.Input(splits=[
-                tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in SPLITS]))
+                tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in SPLITS])
+        ).with_id(node_ids.IMPORT_EXAMPLE_GEN)
     spans = ({"span_pattern": span_pattern, "span_window": span_window,
               "eval_span": eval_span} if span_pattern else {})
     return FeatureExampleGen(dataset=dataset, data_dir=data_dir, seed=seed,
-                             val_fraction=val_fraction, **spans)
+                             val_fraction=val_fraction, **spans
+                             ).with_id(node_ids.FEATURE_EXAMPLE_GEN)
 
 
 def data_stages(examples) -> list:
     """The data checks on an ExampleGen's ``examples``, in order: StatisticsGen -> SchemaGen
     (train only) -> SchemaCurator -> ExampleValidator -> AnomaliesGate (Transform's schema)."""
-    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    statistics_gen = tfx.components.StatisticsGen(examples=examples).with_id(
+        node_ids.STATISTICS_GEN)
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True,
-        exclude_splits=[s for s in SPLITS if s != TRAIN_SPLIT])
+        exclude_splits=[s for s in SPLITS if s != TRAIN_SPLIT]).with_id(node_ids.SCHEMA_GEN)
     schema_curator = SchemaCurator(
         schema=schema_gen.outputs["schema"], statistics=statistics_gen.outputs["statistics"],
-        examples=examples)
+        examples=examples).with_id(node_ids.SCHEMA_CURATOR)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"],
-        schema=schema_curator.outputs["curated_schema"])
+        schema=schema_curator.outputs["curated_schema"]).with_id(node_ids.EXAMPLE_VALIDATOR)
     anomalies_gate = AnomaliesGate(
         anomalies=example_validator.outputs["anomalies"],
-        schema=schema_curator.outputs["curated_schema"])
+        schema=schema_curator.outputs["curated_schema"]).with_id(node_ids.ANOMALIES_GATE)
     return [statistics_gen, schema_gen, schema_curator, example_validator, anomalies_gate]
 
 
@@ -115,13 +120,14 @@ def create_pipeline(
         schema=anomalies_gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=transform_config(hparams),
-        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(SPLITS)))
+        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(SPLITS))
+    ).with_id(node_ids.TRANSFORM)
 
     latest_blessed_model = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    ).with_id(node_ids.LATEST_BLESSED_MODEL_RESOLVER)
 
     # Warm start: the Trainer also gets the latest blessed model (its Keras weights); only then,
     # so span-less, cold-start runs keep their Trainer inputs and cache keys.
@@ -136,7 +142,7 @@ def create_pipeline(
                        "checkpoint_root": checkpoint_root,
                        **({"warm_start": True} if warm_start else {}),
                        **_image_feature_encoder(raw_inputs, seed)},
-        **warm)
+        **warm).with_id(node_ids.TRAINER)
 
     evaluator = RetrievalEvaluator(
         examples=examples,
@@ -144,13 +150,15 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"],
-        map_threshold=map_threshold, map_margin=map_margin, seed=seed)
+        map_threshold=map_threshold, map_margin=map_margin, seed=seed
+    ).with_id(node_ids.EVALUATOR)
 
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory))
+    ).with_id(node_ids.PUSHER)
 
     components = [example_gen, statistics_gen, schema_gen, schema_curator, example_validator,
                   anomalies_gate, transform, trainer, latest_blessed_model, evaluator, pusher]
@@ -158,7 +166,7 @@ def create_pipeline(
         components.append(GallerySearch(
             pushed_model=pusher.outputs["pushed_model"], examples=examples,
             search_directory=search_directory, gallery_splits=gallery_splits,
-            gallery_dir=gallery_dir))
+            gallery_dir=gallery_dir).with_id(node_ids.GALLERY_SEARCH))
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

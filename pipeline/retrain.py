@@ -94,7 +94,7 @@ def with_span_defaults(config: PipelineConfig) -> PipelineConfig:
 
 def pending_span(config: PipelineConfig) -> tuple[Optional[int], str]:
     """(newest span on disk if it is new, else None; a sentence on the state)."""
-    from components import spans  # pylint: disable=import-outside-toplevel
+    from components.example_gen import spans  # pylint: disable=import-outside-toplevel
     from pipeline.history import last_blessed, last_evaluated, run_history
 
     config = config.resolved()

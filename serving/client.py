@@ -17,12 +17,17 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from models.export import EMBEDDING_KEY
+from models.signatures import (EMBEDDING_KEY, IDS_KEY, K_KEY, LABELS_KEY,
+                               RAW_SEARCH_SIGNATURES, SCORES_KEY, SEARCH_PARAMETERS,
+                               SEARCH_SIGNATURES, TARGET_KEY, encode_signature,
+                               query_kind_of, search_signature)
 from serving.config_files import search_model_name
-from serving.search_model import MODALITIES
+from serving.gallery import MODALITIES
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-QUERY_KINDS = (*MODALITIES, EMBEDDING_KEY, "image_bytes", "text_string")  # search_<kind>
+# image, text, embedding, image_bytes, text_string: search_<kind>
+QUERY_KINDS = tuple(query_kind_of(name)
+                    for name in (*SEARCH_SIGNATURES, *RAW_SEARCH_SIGNATURES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +131,7 @@ class ServingClient:
 
     def encode(self, model: str, modality: str, features) -> np.ndarray:
         """L2-normalised common embeddings of raw features of one modality."""
-        outputs, _ = self.predict(model, f"encode_{modality}",
+        outputs, _ = self.predict(model, encode_signature(modality),
                                   {modality: np.atleast_2d(features)})
         return outputs[EMBEDDING_KEY]
 
@@ -142,14 +147,14 @@ class ServingClient:
         if target not in MODALITIES:
             raise ValueError(f"target must be one of {MODALITIES}, got {target!r}")
         search_model = search_model_name(model)
-        name = f"search_{query_kind}"
+        name = search_signature(query_kind)
         signatures = self.signatures(search_model)
         if name not in signatures:
             raise ValueError(f"the served model has no {name} signature (it has "
                              f"{', '.join(sorted(signatures))}); raw image/text queries need a "
                              "model trained with the cnn / keras: / kim_cnn encoders")
         (key, declared), = [(k_, v) for k_, v in signatures[name].inputs.items()
-                            if k_ not in ("target", "k")]
+                            if k_ not in SEARCH_PARAMETERS]
         if declared.dtype == tf.string.as_datatype_enum:
             items = [query] if isinstance(query, (str, bytes)) else list(query)
             query = np.array([q.encode() if isinstance(q, str) else bytes(q) for q in items],
@@ -161,9 +166,9 @@ class ServingClient:
                 raise ValueError(f"the served model expects {key} vectors of dimension "
                                  f"{dim}, the query has {query.shape[-1]}")
         outputs, version = self.predict(search_model, name, {
-            key: query, "target": np.array(target.encode()), "k": np.int32(k)})
-        return SearchResult(ids=outputs["ids"].astype(str), labels=outputs["labels"],
-                            scores=outputs["scores"], version=version)
+            key: query, TARGET_KEY: np.array(target.encode()), K_KEY: np.int32(k)})
+        return SearchResult(ids=outputs[IDS_KEY].astype(str), labels=outputs[LABELS_KEY],
+                            scores=outputs[SCORES_KEY], version=version)
 
 
 def format_results(result: SearchResult) -> str:

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import grpc
 import tensorflow as tf
@@ -28,27 +28,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from models.export import load_serving_model
 from serving.config_files import ModelEntry, read_model_config
+from serving.predict import run_predict
+from serving.servable import WARMUP_FILE, Servable, ServingError
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 log = logging.getLogger(__name__)
-
-
-class ServingError(Exception):
-    """An error answered with a gRPC status code, as TF Serving answers it."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-@dataclasses.dataclass(frozen=True)
-class Servable:
-    name: str
-    version: int
-    path: str
-    signatures: Mapping[str, Callable]  # signature name -> concrete function
-    signature_defs: Mapping  # signature name -> SignatureDef proto (from saved_model.pb)
-    loaded: object  # keeps the restored object (and its variables) alive
 
 
 def list_versions(base_path: str) -> list[int]:
@@ -76,9 +59,6 @@ def load_servable(name: str, version: int, path: str) -> Servable:
 def warm_up(servable: Servable) -> None:
     """Runs the SavedModel's TF Serving warmup requests (assets.extra), else one zero row per
     signature whose inputs are all batched, so the first real request is not the slow one."""
-    # serving.predict imports this module (Servable, ServingError), hence the late import.
-    from serving.predict import run_predict  # pylint: disable=import-outside-toplevel
-
     warmup_file = os.path.join(servable.path, WARMUP_FILE)
     if os.path.exists(warmup_file):
         for record in tf.data.TFRecordDataset(warmup_file).as_numpy_iterator():

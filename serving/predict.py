@@ -19,9 +19,9 @@ from tensorflow_serving.apis import predict_pb2
 
 from models.image_decoding import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, image_format,
                                    image_size_problem)
-from serving.model_manager import Servable, ServingError
+from models.signatures import SERVING_DEFAULT
+from serving.servable import Servable, ServingError
 
-DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 # Each typed value field of a TensorProto; exactly one is filled for a given dtype.
 _VALUE_FIELDS = ("half_val", "float_val", "double_val", "int_val", "string_val", "int64_val",
@@ -51,7 +51,7 @@ def _invalid(message: str) -> ServingError:
 
 
 def signature_def(servable: Servable, name: str):
-    name = name or DEFAULT_SIGNATURE
+    name = name or SERVING_DEFAULT
     if name not in servable.signature_defs:
         raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"Serving signature key \"{name}\" not found. Signatures of "

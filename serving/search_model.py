@@ -13,14 +13,11 @@ TF Serving answers it as well as ``serving/server.py`` does. Signatures:
   (cosine, descending; ties keep gallery order, as models.metrics ranks). k above the gallery
   size returns the whole gallery.
 
-``assets.extra/gallery_items.jsonl`` describes the gallery for people (web page, report): one JSON
-object per item and modality: id, label, class_name, modality, and where the data is raw a text
-snippet or a base64 PNG thumbnail. TF Serving ignores assets.extra.
+The gallery is stored in the version's variables and, for people (web page, report), in
+``assets.extra/gallery_items.jsonl``; serving/gallery.py writes and reads both.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -28,29 +25,18 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from models.export import EMBEDDING_KEY, load_serving_model
+from models.export import load_serving_model
 from models.preprocessing import IMAGE_KEY, TEXT_KEY
+from models.signatures import (EMBEDDING_KEY, ENCODE_IMAGE, ENCODE_IMAGE_BYTES, ENCODE_TEXT,
+                               ENCODE_TEXT_STRING, IDS_KEY, K_KEY, LABELS_KEY,
+                               RAW_SEARCH_SIGNATURES, SCORES_KEY, SEARCH_EMBEDDING, SEARCH_IMAGE,
+                               SEARCH_IMAGE_BYTES, SEARCH_TEXT, TARGET_KEY, encode_signature)
 from serving.approximate_index import ANN_MIN_ITEMS, ApproximateIndex, index_dir
+from serving.gallery import (MODALITIES, GalleryPart, gallery_variables, variable_tensors,
+                             write_gallery_items)
+from serving.servable import WARMUP_FILE
 
-MODALITIES = (IMAGE_KEY, TEXT_KEY)
-SEARCH_SIGNATURES = ("search_image", "search_text", "search_embedding")
-RAW_SEARCH_SIGNATURES = {"search_image_bytes": "encode_image_bytes",
-                         "search_text_string": "encode_text_string"}
-GALLERY_ITEMS = "gallery_items.jsonl"
-SEARCH_OUTPUTS = ("ids", "labels", "scores")
 ENCODE_BATCH = 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class GalleryPart:
-    """The encoded items of one modality: L2-normalised embeddings, ids, class labels."""
-
-    embeddings: np.ndarray  # float32 [G, common_dim]
-    ids: np.ndarray  # str [G]
-    labels: np.ndarray  # int64 [G]
-
-    def __len__(self) -> int:
-        return int(self.embeddings.shape[0])
 
 
 def input_spec(loaded, signature: str) -> tf.TensorSpec:
@@ -63,7 +49,7 @@ def encode(loaded, modality: str, features: np.ndarray, signature: str | None = 
            ) -> np.ndarray:
     """Embeddings from a loaded SavedModel's ``encode_<modality>`` signature (or ``signature``),
     in batches; features are float vectors or, for raw-input models, strings."""
-    signature = signature or f"encode_{modality}"
+    signature = signature or encode_signature(modality)
     fn = loaded.signatures[signature]
     spec = input_spec(loaded, signature)
     if spec.dtype == tf.string:
@@ -91,21 +77,14 @@ def encode_gallery(loaded, splits) -> dict[str, GalleryPart]:
             for m in MODALITIES}
 
 
-class _GalleryVariables(tf.Module):
-    def __init__(self, part: GalleryPart):
-        super().__init__()
-        # Stored transposed: [common_dim, G] makes the query matmul a plain row-major product.
-        self.embeddings_t = tf.Variable(np.ascontiguousarray(part.embeddings.T, np.float32),
-                                        trainable=False, name="embeddings_t")
-        self.ids = tf.Variable(part.ids.astype(bytes), trainable=False, name="ids")
-        self.labels = tf.Variable(part.labels.astype(np.int64), trainable=False, name="labels")
-
-    def top_k(self, queries: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
-        scores = tf.matmul(queries, self.embeddings_t)
-        k = tf.minimum(k, tf.shape(self.labels)[0])
-        values, index = tf.math.top_k(scores, k=k, sorted=True)
-        return {"ids": tf.gather(self.ids, index), "labels": tf.gather(self.labels, index),
-                "scores": values}
+def _top_k(variables, queries: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The k best gallery items of one modality (``gallery_variables``) per query."""
+    embeddings_t, ids, labels = variable_tensors(variables)
+    scores = tf.matmul(queries, embeddings_t)
+    k = tf.minimum(k, tf.shape(labels)[0])
+    values, index = tf.math.top_k(scores, k=k, sorted=True)
+    return {IDS_KEY: tf.gather(ids, index), LABELS_KEY: tf.gather(labels, index),
+            SCORES_KEY: values}
 
 
 class SearchModule(tf.Module):
@@ -114,13 +93,14 @@ class SearchModule(tf.Module):
     def __init__(self, encoder, gallery: dict[str, GalleryPart]):
         super().__init__()
         self.encoder = encoder
-        self.galleries = {m: _GalleryVariables(gallery[m]) for m in MODALITIES}
+        # The attribute's name is serving.gallery.VARIABLES_ROOT: the checkpoint keys' prefix.
+        self.galleries = {m: gallery_variables(gallery[m]) for m in MODALITIES}
         self.input_specs = {name: input_spec(encoder, name)
-                            for name in ("encode_image", "encode_text",
+                            for name in (ENCODE_IMAGE, ENCODE_TEXT,
                                          *RAW_SEARCH_SIGNATURES.values())
                             if name in encoder.signatures}
         self.common_dim = int(
-            encoder.signatures["encode_image"].structured_outputs[EMBEDDING_KEY].shape[-1])
+            encoder.signatures[ENCODE_IMAGE].structured_outputs[EMBEDDING_KEY].shape[-1])
 
     def _search(self, queries, target, k):
         checks = [
@@ -131,17 +111,17 @@ class SearchModule(tf.Module):
         with tf.control_dependencies(checks):
             queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=1)
             return tf.cond(tf.equal(target, IMAGE_KEY),
-                           lambda: self.galleries[IMAGE_KEY].top_k(queries, k),
-                           lambda: self.galleries[TEXT_KEY].top_k(queries, k))
+                           lambda: _top_k(self.galleries[IMAGE_KEY], queries, k),
+                           lambda: _top_k(self.galleries[TEXT_KEY], queries, k))
 
     @tf.function
     def search_image(self, image, target, k):
-        embedded = self.encoder.signatures["encode_image"](image=image)[EMBEDDING_KEY]
+        embedded = self.encoder.signatures[ENCODE_IMAGE](image=image)[EMBEDDING_KEY]
         return self._search(embedded, target, k)
 
     @tf.function
     def search_text(self, text, target, k):
-        embedded = self.encoder.signatures["encode_text"](text=text)[EMBEDDING_KEY]
+        embedded = self.encoder.signatures[ENCODE_TEXT](text=text)[EMBEDDING_KEY]
         return self._search(embedded, target, k)
 
     @tf.function
@@ -150,29 +130,29 @@ class SearchModule(tf.Module):
 
     @tf.function
     def search_image_bytes(self, image_bytes, target, k):
-        embedded = self.encoder.signatures["encode_image_bytes"](
+        embedded = self.encoder.signatures[ENCODE_IMAGE_BYTES](
             image_bytes=image_bytes)[EMBEDDING_KEY]
         return self._search(embedded, target, k)
 
     @tf.function
     def search_text_string(self, text, target, k):
-        embedded = self.encoder.signatures["encode_text_string"](text=text)[EMBEDDING_KEY]
+        embedded = self.encoder.signatures[ENCODE_TEXT_STRING](text=text)[EMBEDDING_KEY]
         return self._search(embedded, target, k)
 
     def query_specs(self) -> dict[str, tf.TensorSpec]:
         """Search signature -> its query input (name, dtype, shape)."""
-        specs = {"search_image": self.input_specs["encode_image"],
-                 "search_text": self.input_specs["encode_text"],
-                 "search_embedding": tf.TensorSpec([None, self.common_dim], tf.float32,
-                                                   name=EMBEDDING_KEY)}
+        specs = {SEARCH_IMAGE: self.input_specs[ENCODE_IMAGE],
+                 SEARCH_TEXT: self.input_specs[ENCODE_TEXT],
+                 SEARCH_EMBEDDING: tf.TensorSpec([None, self.common_dim], tf.float32,
+                                                 name=EMBEDDING_KEY)}
         specs.update({search: self.input_specs[encode]
                       for search, encode in RAW_SEARCH_SIGNATURES.items()
                       if encode in self.input_specs})
         return specs
 
     def signatures(self) -> dict:
-        target = tf.TensorSpec([], tf.string, name="target")
-        k = tf.TensorSpec([], tf.int32, name="k")
+        target = tf.TensorSpec([], tf.string, name=TARGET_KEY)
+        k = tf.TensorSpec([], tf.int32, name=K_KEY)
         search = {name: getattr(self, name).get_concrete_function(spec, target, k)
                   for name, spec in self.query_specs().items()}
         return {**self.encoder.signatures, **search}
@@ -183,11 +163,11 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
     signature and target, replayed by the server before a version takes traffic."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+    path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for name, spec in module.query_specs().items():
-            if name == "search_image_bytes":
+            if name == SEARCH_IMAGE_BYTES:
                 query = np.array([_WARMUP_PNG], object)
             elif spec.dtype == tf.string:
                 query = np.array([b"warm up"], object)
@@ -197,8 +177,8 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
                 request = predict_pb2.PredictRequest()
                 request.model_spec.signature_name = name
                 request.inputs[spec.name].CopyFrom(tf.make_tensor_proto(query))
-                request.inputs["target"].CopyFrom(tf.make_tensor_proto(target))
-                request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(1)))
+                request.inputs[TARGET_KEY].CopyFrom(tf.make_tensor_proto(target))
+                request.inputs[K_KEY].CopyFrom(tf.make_tensor_proto(np.int32(1)))
                 writer.write(prediction_log_pb2.PredictionLog(
                     predict_log=prediction_log_pb2.PredictLog(request=request)
                 ).SerializeToString())
@@ -206,25 +186,6 @@ def write_warmup_requests(export_dir: str, module: SearchModule) -> str:
 
 
 _WARMUP_PNG = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
-
-
-def write_gallery_items(export_dir: str, items) -> str:
-    """``assets.extra/gallery_items.jsonl`` (see the module docstring)."""
-    path = os.path.join(export_dir, "assets.extra", GALLERY_ITEMS)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_gallery_items(version_dir: str) -> list[dict]:
-    """The gallery description of a search servable version ([] when it has none)."""
-    path = os.path.join(version_dir, "assets.extra", GALLERY_ITEMS)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], export_dir: str,

@@ -19,8 +19,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
 from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS
-from serving.model_manager import ModelManager, ServingError
+from serving.model_manager import ModelManager
 from serving.predict import Limits, Stopped, run_predict
+from serving.servable import ServingError
 
 SIGNATURE_DEF_FIELD = "signature_def"
 log = logging.getLogger(__name__)

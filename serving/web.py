@@ -1,275 +1,38 @@
-"""A small search page in front of a model server: ``cmgan web``.
+"""A small search page in front of a model server: ``cmgan web``; this module is its HTTP side.
 
-Stdlib ``http.server`` (one thread per request) renders plain HTML forms, so the page works
-without JavaScript. Queries go over gRPC (``serving.client.ServingClient``) to the search
-companion ``<model>-search``; which query kinds are offered follows its signatures
-(GetModelMetadata):
-
-- a sentence: ``search_text_string`` (or ``search_text`` when it takes strings);
-- an uploaded image: ``search_image_bytes`` (JPEG/PNG; other formats Pillow reads are re-encoded
-  as PNG here; size capped by ``max_upload_bytes``);
-- a gallery item: ``search_embedding`` with the item's stored embedding, read from the served
-  version's variables under ``model_base_path`` (works for every model, features-only too).
-
-Each query shows the top-k items of the other modality and of both modalities (the two
-galleries' top-k merged by cosine). ``assets.extra/gallery_items.jsonl`` of the served version,
-when present, gives class names, text snippets and thumbnails. Every string from a request,
-the gallery or the server is escaped before it goes into HTML.
+Stdlib ``http.server`` (one thread per request) serves plain HTML forms, so the page works
+without JavaScript: a sentence, an uploaded image (JPEG/PNG; other formats Pillow reads are
+re-encoded as PNG here; size capped by ``max_upload_bytes``) or a gallery item is searched in
+the search companion ``<model>-search`` (serving/web_backend.py, over gRPC), and the results are
+rendered by serving/web_pages.py, which escapes every string from a request, the gallery or the
+server before it goes into HTML.
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
 import email.message
 import email.parser
 import email.policy
-import html
 import http.server
 import io
-import json
 import logging
-import os
-import re
 import signal
 import socket
 import threading
 import urllib.parse
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-import numpy as np
+from serving.gallery import MODALITIES
+from serving.web_backend import (DEFAULT_MAX_IMAGE_PIXELS, Outcome, QueryError, SearchBackend,
+                                 WebOptions, unsupported_message)
+from serving.web_pages import item_html, render_page, text_query_html, upload_query_html
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text")
-GALLERY_ITEMS_FILE = os.path.join("assets.extra", "gallery_items.jsonl")
-MAX_LISTED_ITEMS = 300  # per modality, in the gallery picker
 FORM_OVERHEAD_BYTES = 64 << 10  # multipart headers and the small fields around an upload
 DRAIN_LIMIT_BYTES = 64 << 20  # a bigger refused body is not read: the connection is closed
 IMAGE_FORMATS = ("JPEG", "PNG")
 MAX_FORM_PARTS = 16  # the page's forms have at most 3 fields; 60,000 tiny parts cost 25 s CPU
 LISTEN_BACKLOG = 128  # socketserver's default of 5 drops connections under a small burst
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # models.image_decoding's (this module avoids TF)
-_GALLERY_KEY = re.compile(r"galleries/(image|text)/(embeddings_t|ids|labels)/\.ATTRIBUTES/")
-
-
-class QueryError(Exception):
-    """A problem the user can fix; shown on the page with ``status``."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class WebOptions:
-    server: str = "127.0.0.1:8500"
-    model: str = "cmgan"
-    model_base_path: str = "serving_models"  # for the gallery listing and item embeddings
-    host: str = "127.0.0.1"
-    port: int = 8080
-    top_k: int = 10
-    max_upload_bytes: int = 5 << 20
-    timeout_s: float = 10.0
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # uploads, from the header, before decoding
-    connection_timeout_s: float = 30.0  # a client silent this long (half-open, slow) is dropped
-
-
-@dataclasses.dataclass
-class Gallery:
-    """The served version's gallery: per modality ids, labels, embeddings (may be missing) and
-    the display fields of gallery_items.jsonl."""
-
-    ids: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    items: dict[tuple[str, str], dict] = dataclasses.field(default_factory=dict)
-    problem: str = ""  # why item queries are unavailable, if they are
-
-    def index(self, modality: str, item_id: str) -> Optional[int]:
-        if modality not in self.ids:
-            return None
-        found = np.flatnonzero(self.ids[modality] == item_id)
-        return int(found[0]) if found.size else None
-
-    def class_name(self, modality: str, item_id: str, label: int) -> str:
-        item = self.items.get((modality, item_id)) or {}
-        return str(item.get("class_name") or f"class {label}")
-
-
-def load_gallery(version_dir: str) -> Gallery:
-    """Reads the gallery variables of a search SavedModel (no graph is loaded) and the
-    optional gallery_items.jsonl beside them."""
-    gallery = Gallery()
-    items_path = os.path.join(version_dir, GALLERY_ITEMS_FILE)
-    if os.path.exists(items_path):
-        with open(items_path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    item = json.loads(line)
-                    gallery.items[(str(item.get("modality")), str(item.get("id")))] = item
-    import tensorflow as tf
-
-    try:
-        reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
-        values: dict[tuple[str, str], Any] = {}
-        for key in reader.get_variable_to_shape_map():
-            match = _GALLERY_KEY.match(key)
-            if match:
-                values[match.groups()] = reader.get_tensor(key)
-        for modality in MODALITIES:
-            if all((modality, k) in values for k in ("embeddings_t", "ids", "labels")):
-                gallery.ids[modality] = np.array(
-                    [i.decode() for i in values[(modality, "ids")]], dtype=str)
-                gallery.labels[modality] = np.asarray(values[(modality, "labels")], np.int64)
-                gallery.embeddings[modality] = np.ascontiguousarray(
-                    values[(modality, "embeddings_t")].T)
-        if not gallery.ids:
-            gallery.problem = "the served version holds no gallery variables this page knows"
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        gallery.problem = f"the gallery of {version_dir} could not be read ({error})"
-    if not gallery.ids and gallery.items:  # a listing without embeddings: still show it
-        for modality in MODALITIES:
-            rows = [(i, int(it.get("label", -1))) for (m, i), it in gallery.items.items()
-                    if m == modality]
-            gallery.ids[modality] = np.array([r[0] for r in rows], dtype=str)
-            gallery.labels[modality] = np.array([r[1] for r in rows], np.int64)
-    return gallery
-
-
-@dataclasses.dataclass
-class ServedModel:
-    """What the search companion's current version offers."""
-
-    version: int
-    signatures: dict[str, tuple[str, int]]  # search signature -> (query input key, dtype enum)
-    gallery: Gallery
-    encoders: tuple[str, ...] = ()  # encode_* signatures the search companion also has
-
-    def signature_for(self, kind: str) -> Optional[str]:
-        """The signature answering a query kind (text | image | item), or None."""
-        import tensorflow as tf
-
-        string = tf.string.as_datatype_enum
-        if kind == "text":
-            for name in ("search_text_string", "search_text"):
-                if name in self.signatures and self.signatures[name][1] == string:
-                    return name
-            return None
-        if kind == "image":
-            return "search_image_bytes" if "search_image_bytes" in self.signatures else None
-        if kind == "item":
-            return ("search_embedding" if "search_embedding" in self.signatures
-                    and self.gallery.embeddings else None)
-        return None
-
-
-@dataclasses.dataclass
-class Hit:
-    id: str
-    label: int
-    score: float
-    modality: str
-
-
-@dataclasses.dataclass
-class Outcome:
-    query_modality: str
-    query_html: str  # already escaped
-    query_label: Optional[int]
-    other: list[Hit]
-    both: list[Hit]
-    version: int
-
-
-class SearchBackend:
-    """gRPC calls and the per-version state (signatures, gallery) behind the page."""
-
-    def __init__(self, options: WebOptions):
-        from serving.client import ServingClient
-        from serving.config_files import search_model_name
-
-        self.options = options
-        self.search_model = search_model_name(options.model)
-        self.client = ServingClient(options.server, timeout_s=options.timeout_s)
-        self._lock = threading.Lock()
-        self._served: Optional[ServedModel] = None
-
-    def served(self) -> ServedModel:
-        """The highest AVAILABLE version's signatures and gallery (re-read when it changes)."""
-        available = [v for v, s in self.client.status(self.search_model).items()
-                     if s == "AVAILABLE"]
-        if not available:
-            raise QueryError(f"{self.search_model} has no available version on "
-                             f"{self.options.server} yet", 503)
-        version = max(available)
-        with self._lock:
-            if self._served is None or self._served.version != version:
-                metadata = self.client.signatures(self.search_model, version)
-                signatures = {}
-                for name, signature in metadata.items():
-                    if name.startswith("search_"):
-                        keys = [k for k in signature.inputs if k not in ("target", "k")]
-                        if len(keys) == 1:
-                            signatures[name] = (keys[0], signature.inputs[keys[0]].dtype)
-                gallery = load_gallery(os.path.join(self.options.model_base_path,
-                                                    self.search_model, str(version)))
-                encoders = tuple(sorted(n for n in metadata if n.startswith("encode_")))
-                self._served = ServedModel(version, signatures, gallery, encoders)
-            return self._served
-
-    def _search(self, served: ServedModel, signature: str, query, target: str,
-                k: int) -> list[Hit]:
-        key, _ = served.signatures[signature]
-        outputs, _ = self.client.predict(
-            self.search_model, signature,
-            {key: query, "target": np.array(target.encode()), "k": np.int32(k)},
-            version=served.version)
-        return [Hit(i.decode() if isinstance(i, bytes) else str(i), int(label), float(score),
-                    target)
-                for i, label, score in zip(outputs["ids"][0], outputs["labels"][0],
-                                           outputs["scores"][0])]
-
-    def query(self, kind: str, value, query_modality: str, query_html: str,
-              query_label: Optional[int] = None,
-              exclude: Optional[tuple[str, str]] = None) -> Outcome:
-        """Top-k of the other modality and of both; ``exclude`` (modality, id) drops the query
-        item itself from the merged list."""
-        served = self.served()
-        signature = served.signature_for(kind)
-        if signature is None:
-            raise QueryError(unsupported_message(kind, served))
-        k = self.options.top_k
-        other = {"image": "text", "text": "image"}[query_modality]
-        if (kind == "image" and "encode_image_bytes" in served.encoders
-                and "search_embedding" in served.signatures):
-            # Decode (and encode) the upload once, then search both galleries with the vector.
-            value, signature = self._encode_image_bytes(served, value), "search_embedding"
-        per_target = {t: self._search(served, signature, value, t, k + (exclude is not None))
-                      for t in MODALITIES}
-        both = sorted((h for t in MODALITIES for h in per_target[t]
-                       if (h.modality, h.id) != exclude), key=lambda h: -h.score)[:k]
-        return Outcome(query_modality, query_html, query_label,
-                       [h for h in per_target[other] if (h.modality, h.id) != exclude][:k],
-                       both, served.version)
-
-    def _encode_image_bytes(self, served: ServedModel, images: list) -> np.ndarray:
-        outputs, _ = self.client.predict(
-            self.search_model, "encode_image_bytes",
-            {"image_bytes": np.array(images, dtype=object)}, version=served.version)
-        return np.asarray(outputs["embedding"], np.float32)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def unsupported_message(kind: str, served: ServedModel) -> str:
-    if kind == "item":
-        return ("Gallery item queries are not available: "
-                + (served.gallery.problem or "the model has no search_embedding signature"))
-    what = {"text": "Sentence", "image": "Image"}[kind]
-    return (f"{what} queries are not supported by this model: it was trained on feature "
-            f"vectors, not raw {'text' if kind == 'text' else 'images'}. Pick a gallery "
-            "item instead, or serve a model trained on raw inputs.")
 
 
 # --------------------------------------------------------------------------- uploads
@@ -312,16 +75,6 @@ def check_image(data: bytes, limit: int,
                          "(JPEG or PNG expected).") from None
 
 
-def thumbnail_data_uri(data: bytes, size: int = 96) -> str:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as picture:
-        picture = picture.convert("RGB")
-        picture.thumbnail((size, size))
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[Optional[str], bytes]]:
     """Form field name -> (file name or None, value bytes).
@@ -348,148 +101,6 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[Optional[
             fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
     return fields
 
-
-# --------------------------------------------------------------------------- HTML
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;
-max-width:1100px;padding:0 1em;color:#222} h1{margin-bottom:.1em}
-form{border:1px solid #ddd;border-radius:6px;padding:.8em;margin:.6em 0}
-form.disabled{opacity:.6} .note{color:#555;font-size:.92em}
-.error{background:#fdecea;border:1px solid #e0a0a0;padding:.6em;border-radius:6px}
-.grid{display:flex;gap:1.5em;flex-wrap:wrap} .grid>div{flex:1 1 440px}
-table{border-collapse:collapse;width:100%} th,td{border:1px solid #ddd;padding:.25em .5em;
-vertical-align:middle} td.score{text-align:right;font-variant-numeric:tabular-nums}
-tr.relevant{background:#e6f4ea} img.thumb{width:48px;height:48px;image-rendering:pixelated}
-.query{background:#f6f8fa;padding:.6em;border-radius:6px} textarea{width:100%}
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _item_html(gallery: Gallery, modality: str, item_id: str, label: int) -> str:
-    item = gallery.items.get((modality, item_id)) or {}
-    parts = []
-    if item.get("thumbnail") and re.fullmatch(r"[A-Za-z0-9+/=\s]+", str(item["thumbnail"])):
-        parts.append(f'<img class="thumb" alt="{esc(item_id)}" '
-                     f'src="data:image/png;base64,{esc(item["thumbnail"])}">')
-    if item.get("text"):
-        text = str(item["text"])
-        parts.append(f"&ldquo;{esc(text if len(text) <= 140 else text[:137] + '...')}&rdquo;")
-    parts.append(f'<span class="id">{esc(item_id)}</span> '
-                 f'<span class="note">({esc(gallery.class_name(modality, item_id, label))})'
-                 f"</span>")
-    return " ".join(parts)
-
-
-def _results_table(css_id: str, title: str, hits: list[Hit], gallery: Gallery,
-                   query_label: Optional[int]) -> str:
-    rows = []
-    for rank, hit in enumerate(hits, 1):
-        relevant = query_label is not None and hit.label == query_label
-        link = "/search?" + urllib.parse.urlencode({"kind": "item",
-                                                    "item": f"{hit.modality}:{hit.id}"})
-        rows.append(
-            f'<tr class="hit{" relevant" if relevant else ""}" data-id="{esc(hit.id)}" '
-            f'data-modality="{esc(hit.modality)}" data-label="{hit.label}" '
-            f'data-score="{hit.score!r}"><td>{rank}</td><td>{esc(hit.modality)}</td>'
-            f"<td>{_item_html(gallery, hit.modality, hit.id, hit.label)}</td>"
-            f'<td class="score">{hit.score:.4f}</td>'
-            f'<td><a href="{esc(link)}">search with this</a></td></tr>')
-    body = "".join(rows) or '<tr><td colspan="5">no results</td></tr>'
-    return (f'<div><h3>{esc(title)}</h3><table id="{esc(css_id)}"><thead><tr><th>#</th>'
-            f"<th>modality</th><th>item</th><th>cosine</th><th></th></tr></thead>"
-            f"<tbody>{body}</tbody></table></div>")
-
-
-def render_page(options: WebOptions, served: Optional[ServedModel],
-                outcome: Optional[Outcome] = None, error: str = "",
-                text_value: str = "", item_value: str = "") -> str:
-    parts = [f"<h1>Cross-modal search</h1><p class=\"note\">model <b>{esc(options.model)}"
-             f"</b> on <code>{esc(options.server)}</code>"]
-    if served is not None:
-        sizes = ", ".join(f"{len(served.gallery.ids[m])} {m}s" for m in MODALITIES
-                          if m in served.gallery.ids)
-        parts.append(f' &middot; version <span id="version">{served.version}</span>'
-                     + (f" &middot; gallery: {esc(sizes)}" if sizes else ""))
-    parts.append("</p>")
-    if error:
-        parts.append(f'<div id="error" class="error" role="alert">{esc(error)}</div>')
-    if served is not None:
-        kinds = {kind: served.signature_for(kind) for kind in ("text", "image", "item")}
-        offered = [label for kind, label in (("text", "a sentence"), ("image", "an image"),
-                                             ("item", "a gallery item")) if kinds[kind]]
-        parts.append(f'<p id="supported">This model answers queries by '
-                     f'{esc(", ".join(offered) or "nothing this page can send")}.</p>')
-        parts.append(_forms(options, served, kinds, text_value, item_value))
-    if outcome is not None:
-        other = {"image": "text", "text": "image"}[outcome.query_modality]
-        parts.append(f'<h2>Results</h2><div class="query" id="query">Query '
-                     f"({esc(outcome.query_modality)}): {outcome.query_html}</div>"
-                     f'<div class="grid">'
-                     + _results_table("results-other", f"Top {options.top_k} {other}s",
-                                      outcome.other, served.gallery, outcome.query_label)
-                     + _results_table("results-both", f"Top {options.top_k} of both "
-                                      "modalities", outcome.both, served.gallery,
-                                      outcome.query_label)
-                     + "</div>")
-    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>CM-GAN search</title><style>{CSS}</style></head><body>"
-            + "".join(parts) + "</body></html>")
-
-
-def _forms(options: WebOptions, served: ServedModel, kinds: dict, text_value: str,
-           item_value: str) -> str:
-    def state(kind):
-        return ("", "") if kinds[kind] else (" disabled", ' class="disabled"')
-
-    disabled, css = state("text")
-    text_note = ("" if kinds["text"] else
-                 f'<p class="note">{esc(unsupported_message("text", served))}</p>')
-    forms = [
-        f'<form id="text-form"{css} method="post" action="/search" '
-        f'enctype="multipart/form-data"><input type="hidden" name="kind" value="text">'
-        f'<label>Type a sentence: <textarea name="text" rows="2"{disabled}>'
-        f"{esc(text_value)}</textarea></label>"
-        f'<button type="submit"{disabled}>Search images</button>{text_note}</form>']
-    disabled, css = state("image")
-    image_note = ("" if kinds["image"] else
-                  f'<p class="note">{esc(unsupported_message("image", served))}</p>')
-    forms.append(
-        f'<form id="image-form"{css} method="post" action="/search" '
-        f'enctype="multipart/form-data"><input type="hidden" name="kind" value="image">'
-        f'<label>Upload an image (JPEG or PNG, at most '
-        f"{options.max_upload_bytes / 2**20:.2f} MB): "
-        f'<input type="file" name="image" accept="image/*"{disabled}></label> '
-        f'<button type="submit"{disabled}>Search texts</button>{image_note}</form>')
-    gallery = served.gallery
-    disabled, css = state("item")
-    options_html, truncated = [], False
-    for modality in MODALITIES:
-        ids = gallery.ids.get(modality, np.array([], str))
-        truncated |= len(ids) > MAX_LISTED_ITEMS
-        labels = gallery.labels.get(modality, np.array([], np.int64))
-        for item_id, label in list(zip(ids, labels))[:MAX_LISTED_ITEMS]:
-            value = f"{modality}:{item_id}"
-            selected = " selected" if value == item_value else ""
-            options_html.append(
-                f'<option value="{esc(value)}"{selected}>{esc(modality)} &middot; '
-                f"{esc(item_id)} &middot; {esc(gallery.class_name(modality, item_id, label))}"
-                "</option>")
-    item_note = ("" if kinds["item"] else
-                 f'<p class="note">{esc(unsupported_message("item", served))}</p>')
-    if truncated:
-        item_note += (f'<p class="note">The first {MAX_LISTED_ITEMS} items of each modality are '
-                      "listed; the \"search with this\" links reach any item.</p>")
-    forms.append(
-        f'<form id="item-form"{css} method="post" action="/search" '
-        f'enctype="multipart/form-data"><input type="hidden" name="kind" value="item">'
-        f'<label>Or pick a gallery item: <select name="item"{disabled}>'
-        f'{"".join(options_html)}</select></label> '
-        f'<button type="submit"{disabled}>Search</button>{item_note}</form>')
-    return "".join(forms)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -595,16 +206,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not text_value.strip():
                     raise QueryError("Type a sentence first.")
                 outcome = self.backend.query(
-                    "text", [text_value.encode("utf-8")], "text",
-                    f"&ldquo;{esc(text_value)}&rdquo;")
+                    "text", [text_value.encode("utf-8")], "text", text_query_html(text_value))
             elif kind == "image":
                 filename, data = fields.get("image", (None, b""))
                 image = check_image(data, self.options.max_upload_bytes,
                                     self.options.max_image_pixels)
                 outcome = self.backend.query(
-                    "image", [image], "image",
-                    f'<img class="thumb" alt="uploaded image" src="{thumbnail_data_uri(image)}">'
-                    f" {esc(filename or 'upload')}")
+                    "image", [image], "image", upload_query_html(image, filename))
             elif kind == "item":
                 outcome = self._item_query(item_value)
             else:
@@ -630,7 +238,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         embedding = served.gallery.embeddings[modality][index][None, :]
         return self.backend.query(
             "item", embedding, modality,
-            _item_html(served.gallery, modality, item_id, label), query_label=label,
+            item_html(served.gallery, modality, item_id, label), query_label=label,
             exclude=(modality, item_id))
 
 
@@ -681,3 +289,4 @@ def serve_forever(options: WebOptions, on_ready: Callable[[str], None] = print) 
     finally:
         server.server_close()
         server.backend.close()  # type: ignore[attr-defined]
+

@@ -75,11 +75,11 @@ def make_pipeline_config(tiny_feature_dir):
 
 
 @contextlib.contextmanager
-def cmgan_process(module: str, command: str, ready_prefix: str, *args: str):
-    """``cmgan <command> <args>`` (via ``python -m <module>``) in its own process, until it
+def cmgan_process(command: str, ready_prefix: str, *args: str):
+    """``cmgan <command> <args>`` (via ``python -m pipeline``) in its own process, until it
     prints a line starting with ``ready_prefix``; yields what follows the line's last " on "."""
     process = subprocess.Popen(
-        [sys.executable, "-m", module, command, *args],
+        [sys.executable, "-m", "pipeline", command, *args],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     output = []
@@ -100,6 +100,5 @@ def cmgan_process(module: str, command: str, ready_prefix: str, *args: str):
 @contextlib.contextmanager
 def serving_process(*serve_args: str):
     """``cmgan serve <serve_args> --port 0`` in its own process; yields its host:port."""
-    with cmgan_process("pipeline.serve_command", "serve", "serving ", "--port", "0",
-                       *serve_args) as address:
+    with cmgan_process("serve", "serving ", "--port", "0", *serve_args) as address:
         yield address

@@ -141,7 +141,8 @@ def test_search_export_writes_the_index_beside_a_large_gallery(tmp_path):
     folder, and searching it over every list gives what the in-graph search_embedding gives."""
     import tensorflow as tf
 
-    from serving.search_model import GalleryPart, export_search_model
+    from serving.gallery import GalleryPart
+    from serving.search_model import export_search_model
 
     class Encoder(tf.Module):
         def __init__(self):

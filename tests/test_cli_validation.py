@@ -69,7 +69,7 @@ def test_bounded_int_flags():
 
 
 def cmgan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
 

@@ -33,7 +33,7 @@ def _env() -> dict:
 
 
 def cmgan(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=_env(),
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=1200)
 
 

@@ -14,7 +14,8 @@ import threading
 
 import pytest
 
-from serving.web import LISTEN_BACKLOG, QueryError, WebOptions, check_image, make_server
+from serving.web import LISTEN_BACKLOG, check_image, make_server
+from serving.web_backend import QueryError, WebOptions
 
 from test_hardening_serving import png_header_only
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import run_command
-from pipeline.local_runner import (EVALUATION_FILE, latest_run_executions, output_artifacts,
-                                   run_pipeline)
+from components.retrieval_evaluator.constants import EVALUATION_FILE
+from pipeline import cli
+from pipeline.local_runner import run_pipeline
+from pipeline.metadata import latest_run_executions, output_artifacts
 
 UPSTREAM_OF_EVALUATION = ("FeatureExampleGen", "StatisticsGen", "SchemaGen", "SchemaCurator",
                           "ExampleValidator", "AnomaliesGate", "Transform", "Trainer")
@@ -73,7 +74,7 @@ def strict_run(cached_run, config, tmp_path_factory):
     args += [f"--hparam={k}={v}" for k, v in config.training.hparams.items()]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        exit_code = run_command.main(args)
+        exit_code = cli.main(args)
     return exit_code, stdout.getvalue(), json.loads(metrics_file.read_text()), versions_before
 
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from pipeline import run_command
+from pipeline import cli
+from pipeline.commands import flags
+from pipeline.commands import run as run_command
 from pipeline.config import DEFAULT_BEAM_ARGS, PipelineConfig
 from pipeline.pipeline import create_pipeline_from_config
 
@@ -14,18 +16,18 @@ COMPONENTS = ("FeatureExampleGen", "StatisticsGen", "SchemaGen", "SchemaCurator"
               "ExampleValidator", "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator",
               "Pusher", "GallerySearch")
 PROJECT_EXECUTORS = {
-    "FeatureExampleGen": "components.feature_example_gen.Executor",
-    "SchemaCurator": "components.schema_curator.SchemaCurator_Executor",
-    "AnomaliesGate": "components.anomalies_gate.AnomaliesGate_Executor",
-    "RetrievalEvaluator": "components.retrieval_evaluator_executor.Executor",
-    "GallerySearch": "components.gallery_search_executor.Executor",
+    "FeatureExampleGen": "components.feature_example_gen.executor.Executor",
+    "SchemaCurator": "components.schema_curator.component.SchemaCurator_Executor",
+    "AnomaliesGate": "components.anomalies_gate.component.AnomaliesGate_Executor",
+    "RetrievalEvaluator": "components.retrieval_evaluator.executor.Executor",
+    "GallerySearch": "components.gallery_search.executor.Executor",
 }
 
 
 def test_compile_writes_a_kubeflow_v2_spec_with_every_component(tiny_feature_dir, tmp_path):
     output = tmp_path / "spec" / "pipeline.json"
     output.parent.mkdir()
-    code = run_command.main([
+    code = cli.main([
         "compile", "--dataset", "features", "--data-dir", str(tiny_feature_dir),
         "--pipeline-root", str(tmp_path / "root"), "--output", str(output),
         "--image", "registry.example/cmgan:1.0", "--epochs", "7"])
@@ -70,7 +72,7 @@ def test_config_file_then_flags(tmp_path):
                               "--hparam", "common_dim=48", "--map-margin", "0.05",
                               "--beam-arg=--direct_running_mode=in_memory"])
     assert args.func is run_command.run
-    config = run_command.config_from_args(args)
+    config = flags.config_from_args(args)
     assert config.pipeline_name == "cmgan-features"
     assert config.pipeline_root.endswith("runs/cmgan-features")
     assert config.metadata_path == f"{config.pipeline_root}/metadata.sqlite"
@@ -97,14 +99,14 @@ def test_bad_configuration_fails_early(values, message):
 
 def test_compile_of_the_raw_demo_runs_raw_example_gen_and_hands_encoders_on(tmp_path):
     output = tmp_path / "pipeline.json"
-    assert run_command.main(["compile", "--pipeline-root", str(tmp_path / "root"),
-                             "--output", str(output), "--image-size", "24"]) == 0
+    assert cli.main(["compile", "--pipeline-root", str(tmp_path / "root"),
+                     "--output", str(output), "--image-size", "24"]) == 0
     spec = json.loads(output.read_text())["pipelineSpec"]
     tasks, executors = spec["root"]["dag"]["tasks"], spec["deploymentSpec"]["executors"]
     assert "RawExampleGen" in tasks and "FeatureExampleGen" not in tasks
     args = executors["RawExampleGen_executor"]["container"]["args"]
     assert args[args.index("--executor_class_path") + 1] == (
-        "components.raw_example_gen_executor.Executor")
+        "components.raw_example_gen.executor.Executor")
     example_gen = json.dumps(tasks["RawExampleGen"])
     assert '"cnn"' in example_gen and '"kim_cnn"' in example_gen
     transform, trainer = json.dumps(tasks["Transform"]), json.dumps(tasks["Trainer"])

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.local_runner import latest_run_executions, output_artifacts, run_pipeline
+from pipeline.local_runner import run_pipeline
+from pipeline.metadata import latest_run_executions, output_artifacts
 
 EPOCHS = 40  # after the first (slow, tracing) epoch, each takes a fraction of a second
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_sigkilled_trainer_resumes_from_its_checkpoint(make_pipeline_config, tmp
     log = tmp_path / "killed_run.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.run_command", "run", "--config", str(config_file)],
+            [sys.executable, "-m", "pipeline", "run", "--config", str(config_file)],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         checkpoint = _wait_for(os.path.join(config.checkpoint_root, "*", "last", "checkpoint"),

@@ -11,11 +11,12 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from components.anomalies_gate import DataValidationError
+from components.anomalies_gate.component import DataValidationError
 from components.datasets import DatasetError, write_feature_folder
-from components.feature_example_gen import to_tf_example
-from components.schema_curator import curate_schema
-from pipeline.local_runner import latest_run_executions, run_pipeline
+from components.schema_curator.component import curate_schema
+from models.example_codec import split_example
+from pipeline.local_runner import run_pipeline
+from pipeline.metadata import latest_run_executions
 
 
 def _with_wider_text(split):
@@ -28,7 +29,7 @@ def _write_example_folder(splits: dict, folder, drop: dict[str, str] | None = No
         os.makedirs(folder / name)
         with tf.io.TFRecordWriter(str(folder / name / "data.tfrecord")) as writer:
             for row in range(len(split)):
-                example = to_tf_example(split, row)
+                example = split_example(split, row)
                 if drop and name in drop:
                     del example.features.feature[drop[name]]
                 writer.write(example.SerializeToString())

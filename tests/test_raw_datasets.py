@@ -236,8 +236,8 @@ def test_decode_and_resize_gives_rgb_uint8_in_graphs_too():
 # ---- keras:<Application> encoders ----------------------------------------------------------
 
 def test_keras_encoder_with_weights_none_is_deterministic():
-    from components.keras_encoders import (build_keras_encoder, default_image_size,
-                                           encode_images_directly, parse_keras_encoder)
+    from models.keras_image_encoders import (build_keras_encoder, default_image_size,
+                                             encode_images_directly, parse_keras_encoder)
 
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     first = build_keras_encoder("keras:MobileNetV3Small", "none", 32, seed=0)

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.raw_example_gen import QuarantinedRecords, RawExampleGen
-from components.raw_example_gen_executor import Executor
+from components.raw_example_gen.component import QuarantinedRecords, RawExampleGen
+from components.raw_example_gen.executor import Executor
 from models.image_decoding import decode_and_resize
 
 WIKIPEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia"
@@ -85,7 +85,7 @@ def run_local(component, base: Path, pipeline_name: str = "raw-test"):
     from tfx.orchestration import metadata, pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from pipeline.local_runner import latest_run_executions, output_artifacts
+    from pipeline.metadata import latest_run_executions, output_artifacts
 
     metadata_path = str(base / "metadata.sqlite")
     LocalDagRunner().run(pipeline.Pipeline(
@@ -282,7 +282,7 @@ def features_by_id(examples, key: str) -> dict[str, np.ndarray]:
 
 
 def test_keras_encoder_in_beam_equals_the_direct_call(tmp_path):
-    from components.keras_encoders import encode_images_directly
+    from models.keras_image_encoders import encode_images_directly
 
     folder = write_good_folder(tmp_path / "data")
     examples, _ = run_executor(tmp_path, data_dir=str(folder),

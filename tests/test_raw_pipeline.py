@@ -25,7 +25,7 @@ TINY_RAW = [f"{k}={v}" for k, v in {**TINY_HPARAMS, **TINY_RAW_HPARAMS}.items()]
 
 
 def cmgan(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -118,7 +118,7 @@ def test_search_companion_describes_its_gallery_with_thumbnails_and_snippets(dem
     import base64
     import io
 
-    from serving.search_model import read_gallery_items
+    from serving.gallery import read_gallery_items
 
     base, _ = demo_run
     version = _one(f"{base}/serving/cmgan-search/*")
@@ -178,7 +178,7 @@ def test_keras_image_encoder_runs_in_beam_and_again_inside_the_served_model(
     """keras:<Application>: Beam computes the features; the exported model rebuilds the same
     network, so encode_image_bytes on the PNG equals encode_image on Beam's features."""
     from models.export import load_serving_model
-    from models.preprocessing import read_split, split_files
+    from models.example_codec import read_split, split_files
     from pipeline.local_runner import run_pipeline
 
     config = make_pipeline_config(tmp_path, dataset="raw", data_dir=tiny_raw_demo_dir,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from components.datasets import FeatureDataset, Split, make_demo_dataset, write_feature_folder
-from pipeline import retrain_command
+from pipeline import cli
 from pipeline.history import run_history
 from serving.client import ServingClient
 
@@ -63,7 +63,7 @@ def workspace(make_pipeline_config, tmp_path_factory):
 def _cli(*args) -> tuple[int, str]:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = retrain_command.main(list(args))
+        code = cli.main(list(args))
     return code, stdout.getvalue()
 
 
@@ -178,7 +178,7 @@ def test_history_lists_every_run_with_spans_map_blessing_and_version(scenario, w
 def test_examples_artifact_records_the_span_window(scenario, workspace):
     from ml_metadata import metadata_store
 
-    from pipeline.local_runner import metadata_connection
+    from pipeline.metadata import metadata_connection
 
     config = workspace[0]
     store = metadata_store.MetadataStore(metadata_connection(config.metadata_path))

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipeline import retrain_command, run_command
+from pipeline import cli
+from pipeline.commands import retrain as retrain_command
 from pipeline.kubeflow_schedule import create_recurring_run, recurring_run_arguments
 
 
@@ -16,7 +17,7 @@ def test_recurring_run_request_for_the_compiled_spans_pipeline(tiny_feature_dir,
     config_file.write_text(json.dumps({"data": {
         "dataset": "features", "data_dir": "/data/spans", "span_pattern": "span-{SPAN}",
         "span_window": 2, "eval_span": "first"}, "training": {"warm_start": True}}))
-    code = run_command.main([
+    code = cli.main([
         "compile", "--config", str(config_file), "--pipeline-root", "gs://bucket/cmgan",
         "--output", str(output), "--epochs", "2"])
     assert code == 0 and output.is_file()
@@ -62,11 +63,11 @@ def test_span_flags_reach_the_config(tmp_path):
     args = parser.parse_args(["retrain", "--data-dir", str(tmp_path), "--span-window", "3",
                               "--eval-span", "latest", "--span-pattern", "day-{SPAN}",
                               "--warm-start"])
-    config = retrain_command.config_from_args(args)
+    config = retrain_command.span_config(args)
     assert config.data.dataset == "features"
     assert (config.data.span_pattern, config.data.span_window, config.data.eval_span) == (
         "day-{SPAN}", 3, "latest")
     assert config.training.warm_start is True
-    default = retrain_command.config_from_args(parser.parse_args(
+    default = retrain_command.span_config(parser.parse_args(
         ["history", "--data-dir", str(tmp_path)]))
     assert default.data.span_pattern == "span-{SPAN}" and default.training.warm_start is False

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import spans
+from components.example_gen import spans
 from components.datasets import DatasetError, FeatureDataset, write_feature_folder
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.retrain import LockHeld, parse_interval, retrain_lock

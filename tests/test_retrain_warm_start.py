@@ -11,7 +11,7 @@ from conftest import TINY_HPARAMS
 from components.datasets import write_feature_folder
 from models.hparams import CMGANHParams
 from models.training import train_cmgan
-from pipeline.local_runner import latest_run_executions, output_artifacts
+from pipeline.metadata import latest_run_executions, output_artifacts
 from pipeline.retrain import retrain_once
 
 

@@ -24,11 +24,11 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc, model_service_pb2_grpc)
 
 from models.metrics import cosine_similarity
-from pipeline import serve_command
+from models.signatures import SEARCH_SIGNATURES
+from pipeline import cli
 from pipeline.local_runner import run_pipeline
 from serving import config_files
 from serving.client import ServingClient
-from serving.search_model import SEARCH_SIGNATURES
 
 from conftest import serving_process
 
@@ -181,8 +181,8 @@ def test_query_command_prints_ranked_results(server, pushed, test_split, tmp_pat
     np.save(tmp_path / "q.npy", test_split.text[0])
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = serve_command.main(["query", "--server", server, "--text-features",
-                                   str(tmp_path / "q.npy"), "--top-k", "3"])
+        code = cli.main(["query", "--server", server, "--text-features",
+                         str(tmp_path / "q.npy"), "--top-k", "3"])
     assert code == 0
     lines = stdout.getvalue().splitlines()
     assert lines[0].startswith("query 0 (model version")

@@ -43,8 +43,7 @@ MODELS = ("features", "raw")
 @contextlib.contextmanager
 def web_process(*web_args: str):
     """``cmgan web <web_args> --port 0`` in its own process; yields its URL."""
-    with cmgan_process("pipeline.web_command", "web", "search page on ", "--port", "0",
-                       *web_args) as url:
+    with cmgan_process("web", "search page on ", "--port", "0", *web_args) as url:
         yield url
 
 
@@ -188,7 +187,7 @@ def stored_query(config, item_id: str) -> tuple[str, object]:
     page: float features for a features model, the UTF-8 text for a raw one."""
     import tensorflow as tf
 
-    from pipeline.local_runner import latest_run_executions, output_artifacts
+    from pipeline.metadata import latest_run_executions, output_artifacts
 
     executions = latest_run_executions(config.metadata_path, config.pipeline_name)
     node = next(n for n in executions if n.endswith("ExampleGen"))
@@ -350,7 +349,7 @@ def test_serve_with_web_port_serves_the_page_beside_the_grpc_server(served):
     import urllib.request
 
     _, config, _, _ = served
-    with cmgan_process("pipeline.serve_command", "serve", "search page on ", "--port", "0",
+    with cmgan_process("serve", "search page on ", "--port", "0",
                        "--web-port", "0", "--model-base-path", config.serving_root,
                        "--model-name", MODEL) as url:
         page = urllib.request.urlopen(url, timeout=60).read().decode()

@@ -6,13 +6,12 @@ import os
 from components.datasets.demo import make_demo_dataset
 from components.datasets.errors import DatasetError
 from components.datasets.feature_folder import read_feature_folder, write_feature_folder
+from components.datasets.registry import FEATURE_READERS
 from components.datasets.types import SPLITS, FeatureDataset, Split
 from components.datasets.validation import validate_dataset, validate_split
 from components.datasets.wikipedia import read_wikipedia
 
-DATASET_NAMES = ("demo", "wikipedia", "features")
-
-__all__ = ["DATASET_NAMES", "SPLITS", "DatasetError", "FeatureDataset", "Split", "load_dataset",
+__all__ = ["SPLITS", "DatasetError", "FeatureDataset", "Split", "load_dataset",
            "make_demo_dataset", "read_feature_folder", "read_wikipedia", "validate_dataset",
            "validate_split", "write_feature_folder"]
 
@@ -26,8 +25,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, seed: 
     """
     if name == "demo":
         return make_demo_dataset(seed=seed)
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+    if name not in FEATURE_READERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {FEATURE_READERS}")
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs data_dir (the folder holding its files)")
     if name == "wikipedia":

@@ -22,9 +22,10 @@ import numpy as np
 
 from components.datasets.errors import DatasetError
 from components.datasets.raw_pairs import PAIRS_FILE, RawRecord, read_raw_pairs
+from components.datasets.registry import PIPELINE_DATASETS
 from models.data import SPLITS, FeatureDataset, Split
+from models.encoder_kinds import FEATURES, is_keras, is_torch
 
-FEATURES = "features"
 CACHE_VERSION = 1
 
 
@@ -55,7 +56,8 @@ def encode_dataset(name: str, data_dir: str | os.PathLike | None, *,
 
     if name == "demo-features":
         _require_features(name, image_encoder, text_encoder)
-        return EncodedDataset(load_dataset("demo", seed=0), fixed_test=False, set_aside={})
+        return EncodedDataset(load_dataset(PIPELINE_DATASETS[name].feature_reader, seed=0),
+                              fixed_test=False, set_aside={})
     if name == "features":
         _require_features(name, image_encoder, text_encoder)
         return EncodedDataset(load_dataset("features", data_dir), fixed_test=True, set_aside={})
@@ -161,28 +163,29 @@ def _image_problem(record: RawRecord) -> str | None:
 def _encode_images(spec: str, paths: Sequence[str], image_size: int | None) -> np.ndarray:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from components import keras_encoders, torch_encoders  # pylint: disable=C0415
+    from components import torch_encoders  # pylint: disable=C0415
+    from models import keras_image_encoders  # pylint: disable=C0415
     from models.image_decoding import decode_and_resize  # pylint: disable=C0415
 
-    if spec.startswith("torch:"):
+    if is_torch(spec):
         size = torch_encoders.image_size(spec)
-    elif keras_encoders.is_keras_encoder(spec):
-        size = image_size or keras_encoders.default_image_size(spec)
+    elif is_keras(spec):
+        size = image_size or keras_image_encoders.default_image_size(spec)
     else:
         raise ValueError(f"image encoder {spec!r} does not give fixed features (use torch: or "
                          "keras:)")
     pixels = np.stack([decode_and_resize(tf.constant(Path(p).read_bytes()), size).numpy()
                        for p in paths])
-    if spec.startswith("torch:"):
+    if is_torch(spec):
         return torch_encoders.encode_directly(spec, list(pixels)).astype(np.float32)
-    return keras_encoders.encode_images_directly(
-        spec, keras_encoders.WEIGHTS_IMAGENET, pixels).astype(np.float32)
+    return keras_image_encoders.encode_images_directly(
+        spec, keras_image_encoders.WEIGHTS_IMAGENET, pixels).astype(np.float32)
 
 
 def _encode_texts(spec: str, texts: Sequence[str]) -> np.ndarray:
     from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
-    if not spec.startswith("torch:"):
+    if not is_torch(spec):
         raise ValueError(f"text encoder {spec!r} does not give fixed features (use torch:minilm)")
     return torch_encoders.encode_directly(spec, list(texts)).astype(np.float32)
 

@@ -16,7 +16,7 @@ import numpy as np
 from models.metrics import METHOD_LABELS, pr_curves
 from pipeline.reporting import plots, render
 from pipeline.reporting.collect import ReportData, collect  # noqa: F401  (re-exported)
-from pipeline.reporting.render import esc
+from serving.web_pages import esc
 
 SECTIONS = ("summary", "map", "pr-curves", "training", "common-space", "queries", "model-card",
             "tensorboard")

@@ -15,10 +15,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline import history
+from components.retrieval_evaluator.constants import EVALUATION_FILE
+from pipeline import history, node_ids
 from pipeline.history import RunArtifacts
+from pipeline.metadata import properties
 
-EVALUATION_FILE = "retrieval_metrics.json"
 TRAINING_REPORT = "training_report.json"
 COMMON_SPACE_FILE = "common_space.npz"
 COMMON_SPACE_MAX_ITEMS = 1000
@@ -69,16 +70,6 @@ class ReportData:
     def class_name(self, label: int) -> str:
         names = self.data.get("class_names") or []
         return names[label] if 0 <= label < len(names) else f"class {label}"
-
-
-def _props(message) -> dict[str, Any]:
-    """An MLMD artifact's or execution's (custom) properties as plain Python values."""
-    values = {}
-    for properties in (message.properties, message.custom_properties):
-        for key, value in properties.items():
-            kind = value.WhichOneof("value")
-            values[key] = getattr(value, kind) if kind else None
-    return values
 
 
 def serving_dir(model_uri: str) -> str:
@@ -163,35 +154,35 @@ def _read_npz(path: str) -> Optional[dict[str, np.ndarray]]:
 def collect(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> ReportData:
     """Reads one run (see ``history.find_run``) and computes the embeddings the plots need."""
     found = history.find_run(metadata_path, pipeline_name, run)
-    evaluation_artifact = found.artifact(history.EVALUATOR_ID, "evaluation")
-    if evaluation_artifact is None or not found.completed(history.EVALUATOR_ID):
+    evaluation_artifact = found.artifact(node_ids.EVALUATOR, "evaluation")
+    if evaluation_artifact is None or not found.completed(node_ids.EVALUATOR):
         raise LookupError(f"run {found.number} ({found.run_id}) has no completed "
-                          f"{history.EVALUATOR_ID}: nothing to report")
+                          f"{node_ids.EVALUATOR}: nothing to report")
     evaluation = _read_json(os.path.join(evaluation_artifact.uri, EVALUATION_FILE))
     if evaluation is None:
         raise FileNotFoundError(f"{EVALUATION_FILE} missing in {evaluation_artifact.uri}")
 
-    model = found.artifact(history.TRAINER_ID, "model")
+    model = found.artifact(node_ids.TRAINER, "model")
     model_uri = model.uri if model is not None else evaluation["candidate_model"]
-    model_run = found.artifact(history.TRAINER_ID, "model_run")
+    model_run = found.artifact(node_ids.TRAINER, "model_run")
     model_run_dir = model_run.uri if model_run is not None else None
     training = _read_json(os.path.join(model_run_dir, TRAINING_REPORT)) if model_run_dir else None
 
-    pushed_artifact = found.artifact(history.PUSHER_ID, "pushed_model")
-    pushed = _props(pushed_artifact) if pushed_artifact is not None else {}
-    search_artifact = found.artifact("GallerySearch", "search_model")
-    search = _props(search_artifact) if search_artifact is not None else {}
+    pushed_artifact = found.artifact(node_ids.PUSHER, "pushed_model")
+    pushed = properties(pushed_artifact) if pushed_artifact is not None else {}
+    search_artifact = found.artifact(node_ids.GALLERY_SEARCH, "search_model")
+    search = properties(search_artifact) if search_artifact is not None else {}
 
-    examples_artifact = found.artifact(history.EXAMPLE_GEN_ID, "examples")
+    examples_artifact = found.artifact(node_ids.FEATURE_EXAMPLE_GEN, "examples")
     if examples_artifact is None:  # ImportExampleGen (dataset "examples") has another id
         examples_artifact = next((a for node, outputs in found.outputs.items()
-                                  if node.endswith("ExampleGen")
+                                  if node_ids.is_example_gen(node)
                                   for a in outputs.get("examples", [])), None)
     if examples_artifact is None:
         raise LookupError(f"run {found.number} has no Examples artifact")
-    data = _props(examples_artifact)
-    gen_node = next((n for n in found.executions if n.endswith("ExampleGen")), None)
-    gen_props = _props(found.executions[gen_node]) if gen_node else {}
+    data = properties(examples_artifact)
+    gen_node = next((n for n in found.executions if node_ids.is_example_gen(n)), None)
+    gen_props = properties(found.executions[gen_node]) if gen_node else {}
     class_names = json.loads(data["class_names"]) if data.get("class_names") else []
     data = {
         "dataset": gen_props.get("dataset", "examples"),

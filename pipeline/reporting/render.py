@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import datetime
-import html
 import io
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from models.metrics import METHOD_LABELS
+from serving.web_pages import esc
 
 MAP_KEYS = ("i2t", "t2i", "mean", "all_modal")
 MAP_TITLES = {"i2t": "I&rarr;T", "t2i": "T&rarr;I", "mean": "mean", "all_modal": "all-modal"}
@@ -33,10 +33,6 @@ vertical-align:middle} .relevant{background:#e6f4ea} .irrelevant{background:#fde
 .mark{font-weight:700} .muted{color:#666} code{background:#f4f4f4;padding:0 .2em}
 .query{margin:1em 0;padding:.5em;border:1px solid #eee} .snippet{max-width:46em}
 """
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def data_uri(png: bytes) -> str:

@@ -6,7 +6,7 @@ import json
 import os
 
 from pipeline import console
-from pipeline.run_command import key_value
+from pipeline.commands.flags import key_value
 
 DATASETS = ("demo-features", "wikipedia", "features", "raw")
 

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
 
-from pipeline import run_command
+from pipeline.commands.flags import add_pipeline_flags, config_from_args
 
 
 def report(args: argparse.Namespace) -> int:
     """Writes the report of one run (MAP table, blessing, precision-recall and training curves,
     common-space projection, example queries, model card) to --output, figures as PNGs
     beside it."""
-    from pipeline import history
+    from pipeline.metadata import pipeline_names
     from pipeline.reporting import build_report
 
-    config = run_command.config_from_args(args)
+    config = config_from_args(args)
     name = config.pipeline_name
-    known = history.pipeline_names(config.metadata_path)
+    known = pipeline_names(config.metadata_path)
     if name not in known and len(known) == 1 and not args.pipeline_name:
         name = known[0]  # one pipeline in this store: no need to spell its name
     try:
@@ -41,7 +40,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", help="HTML report of one pipeline run (MAP, curves, queries, model card)",
         description=report.__doc__)
-    run_command.add_pipeline_flags(parser)
+    add_pipeline_flags(parser)
     parser.add_argument("--run", default="LATEST",
                         help="LATEST (the newest evaluated run), a run number as listed by "
                              "cmgan history, or a run id (default: %(default)s)")
@@ -53,13 +52,3 @@ def register(subparsers) -> None:
                         help="example queries per direction (default: %(default)s)")
     parser.set_defaults(func=report)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.report_command ...``: the ``cmgan`` command line."""
-    from pipeline.cli import main as cmgan_main
-
-    return cmgan_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,16 +33,19 @@ from components.datasets import SPLITS
 from components.datasets.raw_demo import write_raw_demo
 from components.datasets.raw_pairs import RawPairs, RawRecord, image_path_problem, \
     read_raw_pairs, split_fractions_for
+from components.datasets.registry import RAW_READERS
 from components.datasets.wikipedia_raw import read_wikipedia_raw
+from components.example_gen.utils import (DATA_DIR_KEY, DATASET_KEY, IMAGE_ENCODER_PROPERTY,
+                                          IMAGE_ENCODER_WEIGHTS_PROPERTY, IMAGE_SIZE_PROPERTY,
+                                          SEED_KEY, TEXT_ENCODER_PROPERTY, VAL_FRACTION_KEY,
+                                          set_dataset_properties)
+from models import encoder_kinds
+from models.encoder_kinds import CNN, FEATURES, IMAGE, KIM_CNN, TEXT
+from models.example_codec import make_example
 from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS, check_image, decode_and_resize
-from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 
 EXAMPLES_KEY = standard_component_specs.EXAMPLES_KEY
 QUARANTINE_KEY = "quarantine"
-DATASET_KEY = "dataset"
-DATA_DIR_KEY = "data_dir"
-SEED_KEY = "seed"
-VAL_FRACTION_KEY = "val_fraction"
 IMAGE_ENCODER_KEY = "image_encoder"
 IMAGE_ENCODER_WEIGHTS_KEY = "image_encoder_weights"
 IMAGE_SIZE_KEY = "image_size"
@@ -50,16 +53,11 @@ TEXT_ENCODER_KEY = "text_encoder"
 MAX_QUARANTINE_FRACTION_KEY = "max_quarantine_fraction"
 MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
 
-DATASETS = ("raw", "demo", "wikipedia_raw")
-TEXT_ENCODERS = ("features", "kim_cnn")
 DEFAULT_CNN_IMAGE_SIZE = 32
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
 DEMO_DIR = "raw_demo"
 REJECTED_DIR = "quarantine-rejected"
-REASONS = ("missing_id", "duplicate_id", "missing_label", "unknown_label", "missing_text_file",
-           "non_utf8_text", "empty_text", "missing_image_file", "image_outside_folder",
-           "not_a_regular_file", "not_an_image", "image_too_large", "unreadable_image")
 _QUARANTINE = "quarantine"
 _METRICS_NAMESPACE = "RawExampleGen"
 
@@ -70,7 +68,7 @@ class QuarantineExceededError(RuntimeError):
 
 def _torch(spec: str, modality: str) -> bool:
     """True for a torch:* encoder of ``modality``; raises if the optional extra is missing."""
-    if not spec.startswith("torch:"):
+    if not encoder_kinds.is_torch(spec):
         return False
     from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
@@ -83,26 +81,26 @@ def _torch(spec: str, modality: str) -> bool:
 
 def check_encoders(dataset: str, image_encoder: str, text_encoder: str) -> None:
     """Combinations this ExampleGen writes; raised at component construction and in Do."""
-    from components import keras_encoders  # pylint: disable=import-outside-toplevel
+    from models import keras_image_encoders  # pylint: disable=import-outside-toplevel
 
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown raw dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset not in RAW_READERS:
+        raise ValueError(f"unknown raw dataset {dataset!r}; expected one of {RAW_READERS}")
     if dataset == "wikipedia_raw":
-        if image_encoder != "features":
+        if image_encoder != FEATURES:
             raise ValueError("dataset 'wikipedia_raw' has image features only (SIFT-128): "
                              f"image_encoder must be 'features', got {image_encoder!r}")
-    elif image_encoder == "cnn" or _torch(image_encoder, "image"):
+    elif image_encoder == CNN or _torch(image_encoder, IMAGE):
         pass
-    elif keras_encoders.is_keras_encoder(image_encoder):
-        keras_encoders.parse_keras_encoder(image_encoder)
+    elif encoder_kinds.is_keras(image_encoder):
+        keras_image_encoders.parse_keras_encoder(image_encoder)
     else:
         raise ValueError(f"image_encoder {image_encoder!r} is not supported for dataset "
                          f"{dataset!r}; expected 'cnn', 'keras:<Application>' or "
                          "'torch:efficientnet-lite0'")
-    if text_encoder not in TEXT_ENCODERS and not _torch(text_encoder, "text"):
+    if not _torch(text_encoder, TEXT) and encoder_kinds.find(text_encoder, TEXT) is None:
         raise ValueError(f"text_encoder {text_encoder!r} is not supported by RawExampleGen; "
-                         f"expected one of {TEXT_ENCODERS} or 'torch:minilm'")
-    if text_encoder == "features" and dataset != "wikipedia_raw":
+                         f"expected one of {encoder_kinds.names(TEXT)}")
+    if text_encoder == FEATURES and dataset != "wikipedia_raw":
         raise ValueError(f"text_encoder 'features' needs precomputed text features, which "
                          f"dataset {dataset!r} does not have; use 'kim_cnn'")
 
@@ -110,9 +108,9 @@ def check_encoders(dataset: str, image_encoder: str, text_encoder: str) -> None:
 def resolve_image_size(image_encoder: str, image_size: Optional[int]) -> int:
     """Pixels per side: the given size, else 32 for cnn and the app's default for keras:*;
     torch:* image encoders have one fixed size."""
-    from components import keras_encoders  # pylint: disable=import-outside-toplevel
+    from models import keras_image_encoders  # pylint: disable=import-outside-toplevel
 
-    if image_encoder.startswith("torch:"):
+    if encoder_kinds.is_torch(image_encoder):
         from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
         fixed = torch_encoders.image_size(image_encoder)
@@ -122,9 +120,9 @@ def resolve_image_size(image_encoder: str, image_size: Optional[int]) -> int:
         return fixed
     if image_size:
         return int(image_size)
-    if keras_encoders.is_keras_encoder(image_encoder):
-        return keras_encoders.default_image_size(image_encoder)
-    return DEFAULT_CNN_IMAGE_SIZE if image_encoder == "cnn" else 0
+    if encoder_kinds.is_keras(image_encoder):
+        return keras_image_encoders.default_image_size(image_encoder)
+    return DEFAULT_CNN_IMAGE_SIZE if image_encoder == CNN else 0
 
 
 def load_records(exec_properties: dict[str, Any], demo_dir: str) -> RawPairs:
@@ -201,7 +199,7 @@ class _ValidateAndDecode(beam.DoFn):
         self._decode = None
 
     def setup(self):
-        if self._image_encoder != "features":
+        if self._image_encoder != FEATURES:
             size = self._image_size
             limit = self._max_pixels
             self._decode = tf.function(lambda data: decode_and_resize(data, size, limit),
@@ -217,9 +215,9 @@ class _ValidateAndDecode(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_QUARANTINE, quarantine_entry(
                 index, record, reason, field, detail, source))
             return
-        if self._text_encoder == "kim_cnn":
+        if self._text_encoder == KIM_CNN:
             text = record.text.decode("utf-8").strip().encode("utf-8")
-        elif self._text_encoder == "features":
+        elif self._text_encoder == FEATURES:
             text = np.asarray(record.text_features, dtype=np.float32)
         else:  # torch:minilm, encoded later by RunInference
             text = record.text.decode("utf-8").strip()
@@ -250,7 +248,7 @@ class _ValidateAndDecode(beam.DoFn):
 
     def _image(self, record: RawRecord):
         """(image value, None) or (None, problem)."""
-        if self._image_encoder == "features":
+        if self._image_encoder == FEATURES:
             return np.asarray(record.image_features, dtype=np.float32), None
         path = record.image_path
         if not path:
@@ -272,25 +270,13 @@ class _ValidateAndDecode(beam.DoFn):
         except tf.errors.OpError as err:  # the stricter Pillow check passed; TF still refused
             return None, ("unreadable_image", "image",
                           f"TensorFlow cannot decode it: {err.message}", path)
-        return (pixels.tobytes() if self._image_encoder == "cnn" else pixels), None
+        return (pixels.tobytes() if self._image_encoder == CNN else pixels), None
 
 
 def to_example(candidate: dict[str, Any]) -> bytes:
-    """The tf.Example of the spec: image/text float lists or one bytes value, label, id."""
-    def feature(value) -> tf.train.Feature:
-        if isinstance(value, bytes):
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-        return tf.train.Feature(float_list=tf.train.FloatList(
-            value=np.asarray(value, np.float32).reshape(-1)))
-
-    features = {
-        IMAGE_KEY: feature(candidate["image"]),
-        TEXT_KEY: feature(candidate["text"]),
-        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[candidate["label"]])),
-        ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[candidate["id"].encode("utf-8")])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    """The serialized tf.Example (models/example_codec.py) of an accepted candidate."""
+    return make_example(candidate["image"], candidate["text"], candidate["label"],
+                        candidate["id"]).SerializeToString()
 
 
 def _in_index_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -348,17 +334,17 @@ def build_pipeline(pipeline: beam.Pipeline, pairs: RawPairs, *, image_encoder: s
                    max_image_pixels)).with_outputs(
                        _QUARANTINE, main="valid"))
     accepted = checked.valid
-    if image_encoder.startswith("keras:"):
+    if encoder_kinds.is_keras(image_encoder):
         from components.keras_encoders import \
             KerasImageEncoderHandler  # pylint: disable=import-outside-toplevel
 
         accepted = _encoded(accepted, "image", KerasImageEncoderHandler(
             image_encoder, weights, image_size, seed))
-    elif image_encoder.startswith("torch:"):
+    elif encoder_kinds.is_torch(image_encoder):
         from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
         accepted = _encoded(accepted, "image", torch_encoders.model_handler(image_encoder))
-    if text_encoder.startswith("torch:"):
+    if encoder_kinds.is_torch(text_encoder):
         from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
         accepted = _encoded(accepted, "text", torch_encoders.model_handler(text_encoder))
@@ -467,22 +453,20 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(
             examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
-        examples.set_int_custom_property("num_classes", len(pairs.class_names))
-        examples.set_string_custom_property("class_names", json.dumps(list(pairs.class_names)))
-        examples.set_int_custom_property("image_dim", int(summary["image_dim"]))
         text_dim = 0
-        if text_encoder == "features":
+        if text_encoder == FEATURES:
             text_dim = int(np.size(pairs.records[0].text_features))
-        elif text_encoder.startswith("torch:"):
+        elif encoder_kinds.is_torch(text_encoder):
             from components import torch_encoders  # pylint: disable=import-outside-toplevel
 
             text_dim = torch_encoders.output_dim(text_encoder)
-        examples.set_int_custom_property("text_dim", text_dim)
+        set_dataset_properties(examples, len(pairs.class_names), list(pairs.class_names),
+                               int(summary["image_dim"]), text_dim)
         if image_size:
-            examples.set_int_custom_property("image_size", int(image_size))
-        examples.set_string_custom_property("image_encoder", image_encoder)
-        examples.set_string_custom_property("image_encoder_weights", weights)
-        examples.set_string_custom_property("text_encoder", text_encoder)
+            examples.set_int_custom_property(IMAGE_SIZE_PROPERTY, int(image_size))
+        examples.set_string_custom_property(IMAGE_ENCODER_PROPERTY, image_encoder)
+        examples.set_string_custom_property(IMAGE_ENCODER_WEIGHTS_PROPERTY, weights)
+        examples.set_string_custom_property(TEXT_ENCODER_PROPERTY, text_encoder)
         for key in ("records_in", "accepted", "quarantined"):
             quarantine.set_int_custom_property(key, int(summary[key]))
         quarantine.set_string_custom_property("by_reason", json.dumps(summary["by_reason"]))

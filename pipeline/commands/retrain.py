@@ -2,59 +2,40 @@
 (retrain on an interval, in the foreground) and ``cmgan history`` (the runs in ML Metadata).
 
 ``pipeline/cli.py`` calls ``register(subparsers)``. Settings come as for ``cmgan run``
-(defaults, ``--config FILE``, flags) plus the span flags; the dataset is ``features`` and
-``--data-dir`` the span root (``<root>/span-<N>/{train,val,test}.npz``).
+(defaults, ``--config FILE``, flags) plus the span flags (pipeline/commands/flags.py); the
+dataset is ``features`` and ``--data-dir`` the span root
+(``<root>/span-<N>/{train,val,test}.npz``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from typing import Optional, Sequence
 
-from pipeline import console, run_command
+from pipeline import console
+from pipeline.commands.flags import add_span_flags, config_from_args
 from pipeline.config import PipelineConfig
 
 
-def _add_span_flags(parser: argparse.ArgumentParser) -> None:
-    run_command.add_pipeline_flags(parser)
-    parser.add_argument("--span-pattern",
-                        help="span folder name under --data-dir with {SPAN} "
-                             "(default: as configured, else span-{SPAN})")
-    parser.add_argument("--span-window", type=int,
-                        help="train on this many latest spans (default: as configured, 1)")
-    parser.add_argument("--eval-span",
-                        help="val/test come from this span: first (default) | latest | N")
-    parser.add_argument("--warm-start", action="store_true", default=None,
-                        help="start the Trainer from the latest blessed model's weights")
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+def span_config(args: argparse.Namespace) -> PipelineConfig:
+    """The config of retrain, schedule and history: as for ``cmgan run`` (default dataset
+    ``features``) plus the span flags, with the default span pattern when none is configured."""
     from pipeline.retrain import with_span_defaults  # pylint: disable=import-outside-toplevel
 
-    if args.dataset is None and not args.config:
-        args.dataset = "features"
-    config = run_command.config_from_args(args)
-    data = {k: v for k, v in (("span_pattern", args.span_pattern),
-                              ("span_window", args.span_window),
-                              ("eval_span", args.eval_span)) if v is not None}
-    if data:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, **data))
-    if args.warm_start:
-        config = dataclasses.replace(config, training=dataclasses.replace(config.training,
-                                                                          warm_start=True))
-    # Retraining works on spans of a feature dataset; history also reads other pipelines.
-    if args.func is history and config.data.dataset != "features":
-        return config.resolved()
-    return with_span_defaults(config).resolved()
+    def adjust(config: PipelineConfig) -> PipelineConfig:
+        # Retraining works on spans of a feature dataset; history also reads other pipelines.
+        if args.func is history and config.data.dataset != "features":
+            return config
+        return with_span_defaults(config)
+
+    return config_from_args(args, dataset="features", adjust=adjust)
 
 
 def retrain(args: argparse.Namespace) -> int:
     """One retraining run on the latest spans; a no-op when no new span arrived."""
     from pipeline.retrain import retrain_once  # pylint: disable=import-outside-toplevel
 
-    config = config_from_args(args)
+    config = span_config(args)
     console.log_to(config.pipeline_root, "retrain")
     outcome = retrain_once(config, force=args.force, log=lambda s: print(s, flush=True))
     if outcome.result is not None:
@@ -73,7 +54,7 @@ def schedule(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"cmgan schedule: error: {error}", file=sys.stderr)
         return 2
-    config = config_from_args(args)
+    config = span_config(args)
     console.log_to(config.pipeline_root, "schedule")
     return schedule_loop(lambda: retrain_once(config, force=False, log=lambda s: None),
                          interval, max_runs=args.max_runs)
@@ -83,7 +64,7 @@ def history(args: argparse.Namespace) -> int:
     """The pipeline's runs from ML Metadata: spans, model, MAP, blessed, pushed version."""
     from pipeline.history import format_history, run_history
 
-    config = config_from_args(args)
+    config = span_config(args)
     records = run_history(config.metadata_path, config.pipeline_name)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -98,7 +79,7 @@ def register(subparsers) -> None:
     retrain_parser = subparsers.add_parser(
         "retrain", help="one idempotent retraining run on the latest data spans",
         description=retrain.__doc__)
-    _add_span_flags(retrain_parser)
+    add_span_flags(retrain_parser)
     retrain_parser.add_argument("--force", action="store_true",
                                 help="run even if the newest span was already evaluated")
     retrain_parser.set_defaults(func=retrain)
@@ -106,7 +87,7 @@ def register(subparsers) -> None:
     schedule_parser = subparsers.add_parser(
         "schedule", help="retrain on an interval in the foreground (SIGTERM/Ctrl-C stops)",
         description=schedule.__doc__)
-    _add_span_flags(schedule_parser)
+    add_span_flags(schedule_parser)
     schedule_parser.add_argument("--every", required=True, metavar="INTERVAL",
                                  help="e.g. 30s, 10m, 6h, 1d")
     schedule_parser.add_argument("--max-runs", type=int, default=None,
@@ -116,17 +97,7 @@ def register(subparsers) -> None:
     history_parser = subparsers.add_parser(
         "history", help="runs recorded in ML Metadata: spans, model, MAP, blessing, push",
         description=history.__doc__)
-    _add_span_flags(history_parser)
+    add_span_flags(history_parser)
     history_parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     history_parser.set_defaults(func=history)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.retrain_command ...``: the ``cmgan`` command line."""
-    from pipeline.cli import main as cmgan_main
-
-    return cmgan_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

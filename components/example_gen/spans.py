@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from components.datasets import FeatureDataset, Split, read_feature_folder, validate_dataset
 from components.datasets.errors import DatasetError
+from components.example_gen.utils import data_fingerprint
 
 SPAN_TOKEN = "{SPAN}"
 EVAL_SPAN_CHOICES = ("first", "latest")
@@ -42,10 +43,6 @@ def check_eval_span(eval_span: str) -> None:
     if str(eval_span) not in EVAL_SPAN_CHOICES and not str(eval_span).isdigit():
         raise ValueError(f"eval_span must be 'first', 'latest' or a span number, "
                          f"got {eval_span!r}")
-
-
-def span_folder(root: str, pattern: str, span: int) -> str:
-    return os.path.join(root, pattern.replace(SPAN_TOKEN, str(span)))
 
 
 def list_spans(root: str, pattern: str) -> dict[int, str]:
@@ -107,8 +104,6 @@ def resolve(root: str, pattern: str, window: int, eval_span: str,
 
 def spans_fingerprint(folders: dict[int, str], used: Sequence[int]) -> str:
     """Path, size and mtime of every file of the spans used: a new span or an edit changes it."""
-    from components.feature_example_gen import data_fingerprint  # pylint: disable=C0415
-
     return ";".join(f"span:{s}," + data_fingerprint(folders[s]) for s in sorted(set(used)))
 
 

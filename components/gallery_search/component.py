@@ -19,7 +19,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import gallery_search_executor
+from components.gallery_search.executor import Executor
 
 
 class GallerySearchSpec(ComponentSpec):
@@ -41,7 +41,7 @@ class GallerySearch(base_component.BaseComponent):
     """Pushes ``<model>-search/<version>``: the encoders, the encoded gallery, top-k search."""
 
     SPEC_CLASS = GallerySearchSpec
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(gallery_search_executor.Executor)
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, pushed_model: types.BaseChannel, examples: types.BaseChannel,
                  search_directory: str, gallery_splits: Sequence[str] = ("test",),

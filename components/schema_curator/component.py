@@ -20,6 +20,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
+from components.example_gen.utils import NUM_CLASSES_PROPERTY
 from models.preprocessing import FEATURE_KEYS, ID_KEY, LABEL_KEY
 
 SCHEMA_FILE = "schema.pbtxt"
@@ -100,8 +101,8 @@ def SchemaCurator(  # pylint: disable=invalid-name
         curated_schema: OutputArtifact[standard_artifacts.Schema]):
     """Writes the curated schema (see module docstring) for ExampleValidator and Transform."""
     num_classes = 0
-    if examples.has_custom_property("num_classes"):
-        num_classes = int(examples.get_int_custom_property("num_classes"))
+    if examples.has_custom_property(NUM_CLASSES_PROPERTY):
+        num_classes = int(examples.get_int_custom_property(NUM_CLASSES_PROPERTY))
     if num_classes <= 0:
         num_classes = _train_label_max(statistics) + 1
     inferred = io_utils.SchemaReader().read(os.path.join(schema.uri, SCHEMA_FILE))

@@ -6,8 +6,6 @@ TF Serving): type a sentence, upload an image or pick a gallery item; see the to
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Optional, Sequence
 
 from pipeline.config import int_in
 
@@ -16,7 +14,8 @@ DEFAULT_WEB_PORT = 8080
 
 def web(args: argparse.Namespace) -> int:
     """Serves the search page; queries go to <model>-search on --server over gRPC."""
-    from serving.web import WebOptions, serve_forever
+    from serving.web import serve_forever
+    from serving.web_backend import WebOptions
 
     options = WebOptions(server=args.server, model=args.model,
                          model_base_path=args.model_base_path, host=args.host, port=args.port,
@@ -57,13 +56,3 @@ def register(subparsers) -> None:
                         help="drop a client silent this long (default: %(default)s)")
     parser.set_defaults(func=web)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.web_command ...``: the ``cmgan`` command line."""
-    from pipeline.cli import main as cmgan_main
-
-    return cmgan_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

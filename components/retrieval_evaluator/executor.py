@@ -1,4 +1,4 @@
-"""Executor of RetrievalEvaluator (see components/retrieval_evaluator.py for the contract).
+"""Executor of RetrievalEvaluator (see component.py for the contract).
 
 Models are scored through their exported serving signatures on RAW examples, exactly as TF
 Serving would run them, so the candidate and an older baseline model (with its own Transform
@@ -22,17 +22,16 @@ from tfx.utils import io_utils, path_utils
 
 from components.datasets import SPLITS, FeatureDataset, Split
 from components.datasets.types import default_class_names
-from components.raw_example_gen import pixel_image_size
+from components.example_gen.utils import pixel_image_size
+from components.retrieval_evaluator.constants import (EVAL_SPLITS, EVALUATION_FILE,
+                                                      MAP_MARGIN_KEY, MAP_THRESHOLD_KEY,
+                                                      MEAN_MAP_PROPERTY, SEED_KEY)
 from models.baselines import baseline_embeddings, baseline_features, fit_baselines
-from models.metrics import retrieval_report
+from models.example_codec import read_split, split_files
 from models.export import load_serving_model
-from models.preprocessing import (IMAGE_KEY, TEXT_KEY, num_classes_from_schema, read_split,
-                                  split_files)
+from models.metrics import SELECTION_METRIC, SELECTION_SPLIT, retrieval_report
+from models.preprocessing import IMAGE_KEY, TEXT_KEY, num_classes_from_schema
 from serving.search_model import encode
-
-EVALUATION_FILE = "retrieval_metrics.json"
-EVAL_SPLITS = ("val", "test")
-SELECTION_SPLIT, SELECTION_METRIC = "val", "mean"
 
 
 def blessing_decision(candidate: float, baseline: float | None, threshold: float,
@@ -106,13 +105,13 @@ class Executor(base_executor.BaseExecutor):
                 logging.warning(baseline_note)
         methods.update(evaluate_feature_baselines(
             transformed, num_classes_from_schema(tf_transform_output.raw_metadata.schema),
-            int(exec_properties.get("seed", 0))))
+            int(exec_properties.get(SEED_KEY, 0))))
 
         baseline_score = methods.get("baseline_model", {}).get(SELECTION_SPLIT, {}).get(
             SELECTION_METRIC)
         blessed, reason = blessing_decision(
             methods["cmgan"][SELECTION_SPLIT][SELECTION_METRIC], baseline_score,
-            float(exec_properties["map_threshold"]), float(exec_properties["map_margin"]))
+            float(exec_properties[MAP_THRESHOLD_KEY]), float(exec_properties[MAP_MARGIN_KEY]))
         if baseline_note:
             reason += f" ({baseline_note})"
         logging.info("RetrievalEvaluator: %s", reason)
@@ -120,8 +119,8 @@ class Executor(base_executor.BaseExecutor):
         evaluation = get(output_dict["evaluation"])
         result = {
             "blessed": blessed, "reason": reason,
-            "map_threshold": float(exec_properties["map_threshold"]),
-            "map_margin": float(exec_properties["map_margin"]),
+            "map_threshold": float(exec_properties[MAP_THRESHOLD_KEY]),
+            "map_margin": float(exec_properties[MAP_MARGIN_KEY]),
             "selection": f"{SELECTION_SPLIT} {SELECTION_METRIC} MAP@all",
             "candidate_model": model.uri,
             "baseline_model": baseline_model.uri if baseline_model is not None else None,
@@ -130,7 +129,7 @@ class Executor(base_executor.BaseExecutor):
         io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
                                    json.dumps(result, indent=2, sort_keys=True))
         for split in EVAL_SPLITS:
-            evaluation.set_float_custom_property(f"{split}_mean_map",
+            evaluation.set_float_custom_property(MEAN_MAP_PROPERTY.format(split=split),
                                                  methods["cmgan"][split]["mean"])
         self._write_blessing(get(output_dict["blessing"]), blessed, reason, model, baseline_model)
 

@@ -14,8 +14,9 @@ Outputs:
   quarantined, by_reason, accepted_by_split, ...).
 
 All the work runs in one Beam pipeline (the pipeline's beam_pipeline_args), see
-components/raw_example_gen_executor.py. The driver is FeatureExampleGen's: it fingerprints the
-files under ``data_dir``, so an unchanged folder is a cache hit and an edited one is re-read.
+components/raw_example_gen/executor.py. The driver is the one both ExampleGens share
+(components/example_gen/driver.py): it fingerprints the files under ``data_dir``, so an unchanged
+folder is a cache hit and an edited one is re-read.
 """
 from __future__ import annotations
 
@@ -26,17 +27,10 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components import feature_example_gen
-from components import raw_example_gen_executor as executor
-
-
-def pixel_image_size(examples) -> int:
-    """Side of the raw pixel images an Examples artifact holds (image encoder ``cnn``); 0 when
-    its ``image`` feature is a vector (features, keras:, torch: encoders)."""
-    if not (examples.has_custom_property("image_encoder")
-            and examples.get_string_custom_property("image_encoder") == "cnn"):
-        return 0
-    return int(examples.get_int_custom_property("image_size"))
+from components.example_gen.driver import Driver
+from components.example_gen.utils import (DATA_DIR_KEY, DATASET_KEY, SEED_KEY, VAL_FRACTION_KEY,
+                                          dataset_split_spec_fields)
+from components.raw_example_gen import executor
 
 
 class QuarantinedRecords(types.Artifact):
@@ -50,10 +44,10 @@ class RawExampleGenSpec(standard_component_specs.QueryBasedExampleGenSpec):
 
     PARAMETERS = {
         **standard_component_specs.QueryBasedExampleGenSpec.PARAMETERS,
-        executor.DATASET_KEY: ExecutionParameter(type=str),
-        executor.DATA_DIR_KEY: ExecutionParameter(type=str, optional=True),
-        executor.SEED_KEY: ExecutionParameter(type=int),
-        executor.VAL_FRACTION_KEY: ExecutionParameter(type=float),
+        DATASET_KEY: ExecutionParameter(type=str),
+        DATA_DIR_KEY: ExecutionParameter(type=str, optional=True),
+        SEED_KEY: ExecutionParameter(type=int),
+        VAL_FRACTION_KEY: ExecutionParameter(type=float),
         executor.IMAGE_ENCODER_KEY: ExecutionParameter(type=str),
         executor.IMAGE_ENCODER_WEIGHTS_KEY: ExecutionParameter(type=str),
         executor.IMAGE_SIZE_KEY: ExecutionParameter(type=int),
@@ -72,7 +66,7 @@ class RawExampleGen(base_beam_component.BaseBeamComponent):
 
     SPEC_CLASS = RawExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
-    DRIVER_CLASS = feature_example_gen.Driver
+    DRIVER_CLASS = Driver
 
     def __init__(self, dataset: str = "demo", data_dir: Optional[str] = None, seed: int = 0,
                  val_fraction: float = 0.15, image_encoder: str = "cnn",
@@ -93,13 +87,13 @@ class RawExampleGen(base_beam_component.BaseBeamComponent):
         if not 0.0 <= max_quarantine_fraction <= 1.0:
             raise ValueError(f"max_quarantine_fraction must be in [0, 1], got "
                              f"{max_quarantine_fraction}")
-        optional = {executor.DATA_DIR_KEY: str(data_dir)} if data_dir else {}
+        optional = {DATA_DIR_KEY: str(data_dir)} if data_dir else {}
         if max_image_pixels is not None:
             if int(max_image_pixels) < 1:
                 raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
             optional[executor.MAX_IMAGE_PIXELS_KEY] = int(max_image_pixels)
         spec = RawExampleGenSpec(
-            **feature_example_gen.dataset_split_spec_fields(),
+            **dataset_split_spec_fields(),
             dataset=dataset, seed=int(seed), val_fraction=float(val_fraction),
             image_encoder=image_encoder, image_encoder_weights=str(image_encoder_weights),
             image_size=int(image_size or 0), text_encoder=text_encoder,

@@ -1,13 +1,12 @@
 """``cmgan serve`` (a TF Serving-protocol gRPC server) and ``cmgan query`` (top-k retrieval).
 
-``pipeline/cli.py`` calls ``register(subparsers)``; ``main(argv)`` serves ``python -m``.
+``pipeline/cli.py`` calls ``register(subparsers)``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence
 
 from pipeline.config import int_in
 
@@ -64,7 +63,8 @@ def _start_web_page(args: argparse.Namespace, grpc_port: int) -> None:
     """``--web-port``: the search page (serving/web.py) in this process, on a daemon thread."""
     import threading
 
-    from serving.web import WebOptions, make_server
+    from serving.web import make_server
+    from serving.web_backend import WebOptions
 
     server = make_server(WebOptions(server=f"127.0.0.1:{grpc_port}", model=args.model_name,
                                     model_base_path=args.model_base_path, host=args.host,
@@ -235,13 +235,3 @@ def register(subparsers) -> None:
     query_parser.add_argument("--timeout-s", type=float, default=10.0, help="request deadline")
     query_parser.set_defaults(func=query)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipeline.serve_command ...``: the ``cmgan`` command line (pipeline/cli.py)."""
-    from pipeline.cli import main as cmgan_main
-
-    return cmgan_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,11 +23,8 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import retrieval_evaluator_executor
-
-MAP_THRESHOLD_KEY = "map_threshold"
-MAP_MARGIN_KEY = "map_margin"
-SEED_KEY = "seed"
+from components.retrieval_evaluator.constants import MAP_MARGIN_KEY, MAP_THRESHOLD_KEY, SEED_KEY
+from components.retrieval_evaluator.executor import Executor
 
 
 class RetrievalEvaluatorSpec(ComponentSpec):
@@ -53,7 +50,7 @@ class RetrievalEvaluator(base_component.BaseComponent):
     """Evaluates retrieval MAP on raw val/test examples and blesses (or not) the candidate."""
 
     SPEC_CLASS = RetrievalEvaluatorSpec
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(retrieval_evaluator_executor.Executor)
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, transformed_examples: types.BaseChannel,
                  transform_graph: types.BaseChannel, model: types.BaseChannel,

@@ -23,8 +23,9 @@ import sys
 import tempfile
 from typing import Any, Optional
 
+from pipeline import node_ids
+from pipeline.commands.flags import add_data_flags, config_from_args
 from pipeline.config import PipelineConfig
-from pipeline.run_command import add_data_flags
 
 SUFFIX = "-check-data"
 _log = logging.getLogger(__name__)
@@ -51,39 +52,36 @@ def register(subparsers) -> None:
     parser.set_defaults(func=check_data)
 
 
-def config_from_args(args: argparse.Namespace, pipeline_root: str) -> PipelineConfig:
+def check_config(args: argparse.Namespace, pipeline_root: str) -> PipelineConfig:
     """The run's config (file, then flags) with this check's name, root and ML Metadata."""
     from models.config_errors import ConfigError  # pylint: disable=import-outside-toplevel
 
-    config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
-    config = config.with_overrides(
-        dataset=args.dataset, data_dir=args.data_dir, beam_args=args.beam_arg,
-        pipeline_name=args.pipeline_name, image_encoder=args.image_encoder,
-        text_encoder=args.text_encoder, image_encoder_weights=args.image_encoder_weights,
-        image_size=args.image_size, max_quarantine_fraction=args.max_quarantine_fraction,
-        max_image_pixels=args.max_image_pixels)
-    data_dir = config.data.data_dir
-    if data_dir and "://" not in data_dir and not os.path.isdir(data_dir):
-        raise ConfigError("data_dir", f"must be an existing folder, got {data_dir!r}")
-    name = config.resolved().pipeline_name
-    return dataclasses.replace(config, pipeline_name=name + SUFFIX, pipeline_root=pipeline_root,
-                               metadata_path="").resolved()
+    def adjust(config: PipelineConfig) -> PipelineConfig:
+        data_dir = config.data.data_dir
+        if data_dir and "://" not in data_dir and not os.path.isdir(data_dir):
+            raise ConfigError("data_dir", f"must be an existing folder, got {data_dir!r}")
+        name = config.resolved().pipeline_name
+        return dataclasses.replace(config, pipeline_name=name + SUFFIX,
+                                   pipeline_root=pipeline_root, metadata_path="")
+
+    return config_from_args(args, adjust=adjust)
 
 
 def check_data(args: argparse.Namespace) -> int:
     """Runs the data stages and prints the accounting; 0 usable, 1 not."""
-    from components.anomalies_gate import DataValidationError
+    from components.anomalies_gate.component import DataValidationError
     from components.datasets import DatasetError
-    from components.raw_example_gen_executor import QuarantineExceededError
+    from components.raw_example_gen.executor import QuarantineExceededError
     from models.config_errors import ConfigError
     from pipeline import console
-    from pipeline.local_runner import metadata_connection, stage_counts
+    from pipeline.local_runner import stage_counts
+    from pipeline.metadata import metadata_connection
     from pipeline.pipeline import create_data_pipeline_from_config
     from tfx import v1 as tfx
 
     root = args.pipeline_root or tempfile.mkdtemp(prefix="cmgan-check-data-")
     try:
-        config = config_from_args(args, root)  # ConfigError: exit 2 (main)
+        config = check_config(args, root)  # ConfigError: exit 2 (main)
         pipeline = create_data_pipeline_from_config(
             config, metadata_connection(config.metadata_path),
             pipeline_name=config.pipeline_name)
@@ -140,19 +138,16 @@ class DataReport:
 
     @classmethod
     def read(cls, config: PipelineConfig, nodes: list[str]) -> "DataReport":
-        from ml_metadata.proto import metadata_store_pb2  # pylint: disable=C0415
-
-        from components.anomalies_gate import describe_anomalies  # pylint: disable=C0415
-        from components.raw_example_gen_executor import (  # pylint: disable=C0415
+        from components.anomalies_gate.component import (  # pylint: disable=C0415
+            describe_anomalies)
+        from components.raw_example_gen.executor import (  # pylint: disable=C0415
             QUARANTINE_KEY, RECORDS_FILE, REJECTED_DIR, SUMMARY_FILE)
-        from pipeline.local_runner import (  # pylint: disable=C0415
-            latest_run_executions, output_artifacts)
+        from pipeline.metadata import (  # pylint: disable=C0415
+            is_done, latest_run_executions, output_artifacts)
         from tfx.types import standard_artifacts  # pylint: disable=C0415
 
-        done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
         executions = latest_run_executions(config.metadata_path, config.pipeline_name)
-        ran = [n for n in nodes if n in executions
-               and executions[n].last_known_state in done]
+        ran = [n for n in nodes if is_done(executions.get(n))]
         outputs = {n: output_artifacts(config.metadata_path, executions[n].id) for n in ran}
         summary = records_path = None
         example_gen = nodes[0]
@@ -167,12 +162,13 @@ class DataReport:
                 summary = json.load(f)
             records_path = os.path.join(quarantine_dir, RECORDS_FILE)
         examples_by_split: dict[str, int] = {}
-        if "StatisticsGen" in outputs:
-            examples_by_split = _examples_by_split(outputs["StatisticsGen"]["statistics"][0].uri)
+        if node_ids.STATISTICS_GEN in outputs:
+            examples_by_split = _examples_by_split(
+                outputs[node_ids.STATISTICS_GEN]["statistics"][0].uri)
         anomalies = None
-        if "ExampleValidator" in outputs:
+        if node_ids.EXAMPLE_VALIDATOR in outputs:
             artifact = standard_artifacts.ExampleAnomalies()
-            artifact.set_mlmd_artifact(outputs["ExampleValidator"]["anomalies"][0])
+            artifact.set_mlmd_artifact(outputs[node_ids.EXAMPLE_VALIDATOR]["anomalies"][0])
             anomalies = describe_anomalies(artifact)
         return cls(ran=ran, complete=len(ran) == len(nodes), summary=summary,
                    records_path=records_path, examples_by_split=examples_by_split,

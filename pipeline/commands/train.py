@@ -6,7 +6,7 @@ import os
 
 from pipeline import console
 from models.hparams import PRESETS
-from pipeline.run_command import key_value
+from pipeline.commands.flags import key_value
 
 
 def register(subparsers) -> None:

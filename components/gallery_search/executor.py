@@ -1,4 +1,4 @@
-"""Executor of GallerySearch (see components/gallery_search.py for the contract)."""
+"""Executor of GallerySearch (see component.py for the contract)."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +17,10 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
 from components.datasets import read_feature_folder
-from components.raw_example_gen import pixel_image_size
+from components.example_gen.utils import CLASS_NAMES_PROPERTY, pixel_image_size
+from models.example_codec import read_split, split_files
 from models.export import load_serving_model
-from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY, read_split, split_files
+from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 from serving.search_model import encode_gallery, export_search_model, input_spec
 
 PUSHED_KEY, DESTINATION_KEY, VERSION_KEY = "pushed", "pushed_destination", "pushed_version"
@@ -99,7 +100,7 @@ class Executor(base_executor.BaseExecutor):
                        "--splits", exec_properties["gallery_splits"],
                        "--export-dir", export_dir,
                        "--image-size", str(pixel_image_size(examples)),
-                       "--class-names", _string_property(examples, "class_names") or "[]"]
+                       "--class-names", _string_property(examples, CLASS_NAMES_PROPERTY) or "[]"]
             if exec_properties.get("gallery_dir"):
                 command += ["--gallery-dir", exec_properties["gallery_dir"]]
             done = subprocess.run(command, capture_output=True, text=True)

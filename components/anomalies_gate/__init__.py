@@ -1,0 +1,1 @@
+"""AnomaliesGate: stops the run on ExampleValidator anomalies (``component.py``)."""

@@ -1,0 +1,1 @@
+"""FeatureExampleGen: the ExampleGen of the feature datasets (``component.py``, ``executor.py``)."""

@@ -1,0 +1,2 @@
+"""GallerySearch: the search companion servable after the Pusher (``component.py``,
+``executor.py``)."""

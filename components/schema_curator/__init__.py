@@ -1,0 +1,1 @@
+"""SchemaCurator: SchemaGen's inferred schema made into the data contract (``component.py``)."""
