@@ -6,7 +6,10 @@ A config file mirrors the dataclasses (every key optional)::
      "data": {"dataset": "wikipedia", "data_dir": "/data/wikipedia"},
      "training": {"hparams": {"epochs": 200}, "strategy": "mirrored"},
      "evaluation": {"map_threshold": 0.4, "map_margin": 0.01},
-     "beam_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]}
+     "beam_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=4"],
+     "kubeflow": {"image": "REGISTRY/cmgan:TAG", "cpu_request": "1", "memory_limit": "8Gi",
+                  "node_resources": {"Trainer": {"cpu_request": "4", "memory_limit": "16Gi"}},
+                  "trainer_accelerator": "NVIDIA_TESLA_T4", "trainer_accelerator_count": 1}}
 """
 from __future__ import annotations
 
@@ -174,6 +177,89 @@ class GalleryConfig:
             raise ConfigError.says("gallery splits must not be empty")
 
 
+RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+_ACCELERATOR_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """Read only by ``cmgan compile`` (pipeline/kubeflow_runner.py); local runs ignore it."""
+    image: str = DEFAULT_IMAGE  # every component runs in it (this project installed)
+    # Every container node's CPU and memory: Kubernetes quantities (cpu "2" | "500m", memory
+    # "4Gi" | "512M"); None: unset (the cluster's defaults).
+    cpu_request: Optional[str] = None
+    cpu_limit: Optional[str] = None
+    memory_request: Optional[str] = None
+    memory_limit: Optional[str] = None
+    # Per node id (pipeline/node_ids.py CONTAINER_NODES), over the values above:
+    # {"Trainer": {"cpu_request": "4", "memory_limit": "16Gi"}}.
+    node_resources: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # The Trainer's accelerator: NVIDIA_TESLA_T4 (Vertex AI), nvidia.com/gpu (Kubeflow
+    # Pipelines on Kubernetes: the resource name); "" none.
+    trainer_accelerator: str = ""
+    trainer_accelerator_count: int = 1
+
+    def __post_init__(self):
+        from pipeline import k8s_quantities, node_ids  # pylint: disable=import-outside-toplevel
+
+        if not isinstance(self.image, str) or not re.fullmatch(r"\S+", self.image):
+            raise ConfigError("kubeflow.image", f"must be a container image name, got "
+                                                f"{self.image!r}")
+        for key in RESOURCE_KEYS:
+            object.__setattr__(self, key, _quantity(f"kubeflow.{key}", getattr(self, key)))
+        if not isinstance(self.node_resources, Mapping):
+            raise ConfigError("kubeflow.node_resources", "must be a JSON object of node id -> "
+                                                         f"resources, got {self.node_resources!r}")
+        nodes = {}
+        for node, values in self.node_resources.items():
+            where = f"kubeflow.node_resources.{node}"
+            if node not in node_ids.CONTAINER_NODES:
+                raise ConfigError("kubeflow.node_resources", f"has an unknown node {node!r}; "
+                                  f"nodes: {', '.join(node_ids.CONTAINER_NODES)}")
+            if not isinstance(values, Mapping) or set(values) - set(RESOURCE_KEYS):
+                raise ConfigError(where, f"must be a JSON object with keys among "
+                                         f"{', '.join(RESOURCE_KEYS)}, got {values!r}")
+            nodes[node] = {k: _quantity(f"{where}.{k}", v) for k, v in values.items()
+                           if v is not None}
+        object.__setattr__(self, "node_resources", nodes)
+        for node in ("", *nodes):  # a request above its limit: Kubernetes refuses the pod
+            values = self.resources(node)
+            where = f"kubeflow.node_resources.{node}." if node else "kubeflow."
+            for kind, size in (("cpu", k8s_quantities.cpu_cores),
+                               ("memory", k8s_quantities.memory_bytes)):
+                request, limit = values.get(f"{kind}_request"), values.get(f"{kind}_limit")
+                if request and limit and size(request) > size(limit):
+                    raise ConfigError(f"{where}{kind}_request", f"must not exceed "
+                                      f"{kind}_limit {limit}, got {request}")
+        if not isinstance(self.trainer_accelerator, str) or (
+                self.trainer_accelerator
+                and not _ACCELERATOR_PATTERN.fullmatch(self.trainer_accelerator)):
+            raise ConfigError("kubeflow.trainer_accelerator", "must be an accelerator type such "
+                              "as NVIDIA_TESLA_T4 or nvidia.com/gpu, got "
+                              f"{self.trainer_accelerator!r}")
+        count = as_int("kubeflow.trainer_accelerator_count", self.trainer_accelerator_count)
+        check_range("kubeflow.trainer_accelerator_count", count, 1)
+        if count != 1 and not self.trainer_accelerator:
+            raise ConfigError("kubeflow.trainer_accelerator_count", f"needs "
+                              f"kubeflow.trainer_accelerator (the type), got {count}")
+        object.__setattr__(self, "trainer_accelerator_count", count)
+
+    def resources(self, node_id: str) -> dict[str, str]:
+        """The node's quantities that are set: the defaults, then its own."""
+        values = {k: getattr(self, k) for k in RESOURCE_KEYS if getattr(self, k) is not None}
+        return {**values, **self.node_resources.get(node_id, {})}
+
+
+def _quantity(key: str, value: Any) -> Optional[str]:
+    from pipeline import k8s_quantities  # pylint: disable=import-outside-toplevel
+
+    if value is None:
+        return None
+    parse = k8s_quantities.cpu if key.rpartition(".")[2].startswith("cpu") else (
+        k8s_quantities.memory)
+    return parse(key, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     # Empty values are derived by resolved(): pipeline_name cmgan-<dataset>, pipeline_root
@@ -189,6 +275,7 @@ class PipelineConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     gallery: GalleryConfig = dataclasses.field(default_factory=GalleryConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     def __post_init__(self):
         if self.pipeline_name and not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
@@ -252,7 +339,8 @@ class PipelineConfig:
         values = dict(values)
         _reject_unknown(cls, values, "config")
         sections = {"data": DataConfig, "training": TrainingConfig,
-                    "evaluation": EvaluationConfig, "gallery": GalleryConfig}
+                    "evaluation": EvaluationConfig, "gallery": GalleryConfig,
+                    "kubeflow": KubeflowConfig}
         for key, section in sections.items():
             if key in values:
                 _reject_unknown(section, values[key], f"config section '{key}'")
@@ -266,11 +354,13 @@ class PipelineConfig:
 
     def with_overrides(self, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                        hparams: Optional[Mapping[str, Any]] = None,
-                       beam_args: Optional[Sequence[str]] = None, **fields: Any
+                       beam_args: Optional[Sequence[str]] = None,
+                       kubeflow: Optional[Mapping[str, Any]] = None, **fields: Any
                        ) -> "PipelineConfig":
         """A copy with flag values applied; ``None`` leaves a value as configured.
 
-        ``hparams`` are merged into the configured ones; the DATA_FLAGS, ``strategy``,
+        ``hparams`` are merged into the configured ones, and so are ``kubeflow``'s
+        KubeflowConfig fields (``node_resources`` node by node); the DATA_FLAGS, ``strategy``,
         ``preset``, ``warm_start``, ``map_threshold`` and ``map_margin`` go to their sections;
         the rest are PipelineConfig fields. Derived paths
         (pipeline_root, metadata_path) follow a changed pipeline name unless configured, as
@@ -289,6 +379,13 @@ class PipelineConfig:
                                 if k in fields})
         if beam_args is not None:
             fields["beam_args"] = tuple(beam_args)
+        if kubeflow:
+            kubeflow = dict(kubeflow)
+            nodes = {node: dict(values) for node, values in self.kubeflow.node_resources.items()}
+            for node, values in kubeflow.pop("node_resources", {}).items():
+                nodes[node] = {**nodes.get(node, {}), **values}
+            fields["kubeflow"] = dataclasses.replace(self.kubeflow, node_resources=nodes,
+                                                     **kubeflow)
         return dataclasses.replace(self, data=data, training=training, evaluation=evaluation,
                                    **fields)
 

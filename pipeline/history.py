@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
+from components.example_gen.utils import EVAL_SPAN_PROPERTY, SPANS_PROPERTY
+
 from pipeline import metadata, node_ids
 
 
@@ -63,9 +65,9 @@ def run_history(metadata_path: str, pipeline_name: str) -> list[RunRecord]:
 
         examples = _first(outputs(node_ids.FEATURE_EXAMPLE_GEN), "examples")
         spans, eval_span = None, None
-        if examples is not None and _custom(examples, "spans"):
-            spans = json.loads(_custom(examples, "spans"))
-            eval_span = _custom(examples, "eval_span", "int_value")
+        if examples is not None and _custom(examples, SPANS_PROPERTY):
+            spans = json.loads(_custom(examples, SPANS_PROPERTY))
+            eval_span = _custom(examples, EVAL_SPAN_PROPERTY, "int_value")
         model = _first(outputs(node_ids.TRAINER), "model")
         evaluator = outputs(node_ids.EVALUATOR)
         evaluation, blessing = _first(evaluator, "evaluation"), _first(evaluator, "blessing")

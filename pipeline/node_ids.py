@@ -22,6 +22,12 @@ EVALUATOR = "RetrievalEvaluator"
 PUSHER = "Pusher"
 GALLERY_SEARCH = "GallerySearch"
 
+# The nodes that run a container on Kubeflow (all but the resolver): the keys of the Kubeflow
+# config's per-node resources (pipeline/config.py KubeflowConfig.node_resources).
+CONTAINER_NODES = (RAW_EXAMPLE_GEN, FEATURE_EXAMPLE_GEN, IMPORT_EXAMPLE_GEN, STATISTICS_GEN,
+                   SCHEMA_GEN, SCHEMA_CURATOR, EXAMPLE_VALIDATOR, ANOMALIES_GATE, TRANSFORM,
+                   TRAINER, EVALUATOR, PUSHER, GALLERY_SEARCH)
+
 
 def is_example_gen(node_id: str) -> bool:
     return node_id.endswith(EXAMPLE_GEN_SUFFIX)

@@ -19,11 +19,13 @@ from tfx import v1 as tfx
 
 from components.anomalies_gate.component import AnomaliesGate
 from components.datasets import SPLITS
+from components.datasets.registry import IMPORT, PIPELINE_DATASETS
 from components.feature_example_gen.component import FeatureExampleGen
 from components.gallery_search.component import GallerySearch
 from components.raw_example_gen.component import RawExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.schema_curator.component import SchemaCurator
+from models.encoder_kinds import is_keras
 from models.preprocessing import transform_config
 from pipeline import node_ids
 
@@ -32,19 +34,14 @@ RUN_FN = "models.trainer.run_fn"
 TRAIN_SPLIT, EVAL_SPLIT = "train", "val"
 
 
-RAW_EXAMPLE_GEN_DATASETS = {"demo": "demo", "raw": "raw", "wikipedia": "wikipedia_raw"}
-
-
 def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction: float,
                  span_pattern: Optional[str] = None, span_window: int = 1,
                  eval_span: str = "first", raw: Optional[Mapping[str, Any]] = None):
     if raw is not None:
-        return RawExampleGen(dataset=RAW_EXAMPLE_GEN_DATASETS[dataset], data_dir=data_dir,
+        return RawExampleGen(dataset=PIPELINE_DATASETS[dataset].raw_reader, data_dir=data_dir,
                              seed=seed, val_fraction=val_fraction, **raw
                              ).with_id(node_ids.RAW_EXAMPLE_GEN)
-    if dataset == "demo-features":
-        dataset = "demo"
-    if dataset == "examples":
+    if PIPELINE_DATASETS[dataset].example_gen == IMPORT:
         # Pre-built tf.Example TFRecords in <data_dir>/{train,val,test}/.
         return tfx.components.ImportExampleGen(
             input_base=data_dir,
@@ -53,7 +50,10 @@ def _example_gen(dataset: str, data_dir: Optional[str], seed: int, val_fraction:
         ).with_id(node_ids.IMPORT_EXAMPLE_GEN)
     spans = ({"span_pattern": span_pattern, "span_window": span_window,
               "eval_span": eval_span} if span_pattern else {})
-    return FeatureExampleGen(dataset=dataset, data_dir=data_dir, seed=seed,
+    reader = PIPELINE_DATASETS[dataset].feature_reader
+    if reader is None:
+        raise ValueError(f"dataset {dataset!r} is read by RawExampleGen: pass raw_inputs")
+    return FeatureExampleGen(dataset=reader, data_dir=data_dir, seed=seed,
                              val_fraction=val_fraction, **spans
                              ).with_id(node_ids.FEATURE_EXAMPLE_GEN)
 
@@ -180,7 +180,7 @@ def create_pipeline(
 def _image_feature_encoder(raw_inputs: Optional[Mapping[str, Any]], seed: int) -> dict:
     """What the Trainer needs to rebuild a keras: image encoder Beam ran (encode_image_bytes)."""
     spec = (raw_inputs or {}).get("image_encoder", "")
-    if not spec.startswith("keras:"):
+    if not is_keras(spec):
         return {}
     return {"image_feature_encoder": spec,
             "image_feature_encoder_weights": raw_inputs.get("image_encoder_weights", "none"),

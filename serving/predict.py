@@ -115,8 +115,9 @@ def _check_input(alias: str, tensor_proto, info, limits: Limits = Limits()) -> n
     return array
 
 
-def prepare_inputs(signature, request, limits: Limits = Limits()) -> dict[str, np.ndarray]:
-    expected, given = set(signature.inputs), set(request.inputs)
+def check_input_names(signature, given) -> None:
+    """The inputs a request names must be exactly the signature's (gRPC and REST requests)."""
+    expected, given = set(signature.inputs), set(given)
     if given != expected:
         unknown, missing = sorted(given - expected), sorted(expected - given)
         parts = ([f"input tensor alias not found in signature: {', '.join(unknown)}."]
@@ -124,6 +125,11 @@ def prepare_inputs(signature, request, limits: Limits = Limits()) -> dict[str, n
                                         if missing else [])
         raise _invalid(" ".join(parts) + f" Inputs expected to be in the set "
                                          f"{{{', '.join(sorted(expected))}}}.")
+
+
+def prepare_inputs(signature, request, limits: Limits = Limits()) -> dict[str, np.ndarray]:
+    check_input_names(signature, request.inputs)
+    expected = set(signature.inputs)
     inputs = {a: _check_input(a, request.inputs[a], signature.inputs[a], limits)
               for a in expected}
     batched = {a: v.shape[0] for a, v in inputs.items()

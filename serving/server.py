@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS
 from serving.model_manager import ModelManager
 from serving.predict import Limits, Stopped, run_predict
-from serving.servable import ServingError
+from serving.servable import Servable, ServingError
 
 SIGNATURE_DEF_FIELD = "signature_def"
 log = logging.getLogger(__name__)
@@ -85,35 +85,38 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.stats = stats if stats is not None else RequestStats()
 
     def Predict(self, request, context):
-        def predict():
-            remaining = context.time_remaining()  # None without a client deadline
-            budget = min(self.request_timeout_s, remaining if remaining is not None else
-                         self.request_timeout_s)
-            if budget <= 0:
-                raise _deadline_exceeded(budget)
-            deadline = time.monotonic() + budget
+        return _answer(context, lambda: self.predict(request, context))
 
-            def should_stop() -> Optional[ServingError]:
-                if time.monotonic() > deadline:
-                    return _deadline_exceeded(budget)
-                if not context.is_active():
-                    return ServingError(grpc.StatusCode.CANCELLED, "the client cancelled")
-                return None
+    def predict(self, request, context, servable: Optional[Servable] = None):
+        """Predict with this server's deadline, limits and cancel count; a ServingError is
+        raised, not answered. The REST API (serving/rest_api.py) passes the ``servable`` it
+        resolved to read the signature's dtypes, so the JSON is run on that very version."""
+        remaining = context.time_remaining()  # None without a client deadline
+        budget = min(self.request_timeout_s, remaining if remaining is not None else
+                     self.request_timeout_s)
+        if budget <= 0:
+            raise _deadline_exceeded(budget)
+        deadline = time.monotonic() + budget
 
-            try:
-                response = run_predict(self.manager.resolve(request.model_spec), request,
-                                       self.limits, should_stop)
-            except Stopped as stopped:
-                self.stats.record_cancelled(str(stopped))
-                log.info("Predict %s/%s stopped: %s (%d cancelled so far)",
-                         request.model_spec.name, request.model_spec.signature_name, stopped,
-                         self.stats.cancelled)
-                raise
+        def should_stop() -> Optional[ServingError]:
             if time.monotonic() > deadline:
-                raise _deadline_exceeded(budget)
-            return response
+                return _deadline_exceeded(budget)
+            if not context.is_active():
+                return ServingError(grpc.StatusCode.CANCELLED, "the client cancelled")
+            return None
 
-        return _answer(context, predict)
+        try:
+            response = run_predict(servable or self.manager.resolve(request.model_spec),
+                                   request, self.limits, should_stop)
+        except Stopped as stopped:
+            self.stats.record_cancelled(str(stopped))
+            log.info("Predict %s/%s stopped: %s (%d cancelled so far)",
+                     request.model_spec.name, request.model_spec.signature_name, stopped,
+                     self.stats.cancelled)
+            raise
+        if time.monotonic() > deadline:
+            raise _deadline_exceeded(budget)
+        return response
 
     def GetModelMetadata(self, request, context):
         def metadata():

@@ -21,6 +21,7 @@ from components.example_gen.utils import CLASS_NAMES_PROPERTY, pixel_image_size
 from models.example_codec import read_split, split_files
 from models.export import load_serving_model
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
+from models.signatures import encode_signature
 from serving.search_model import encode_gallery, export_search_model, input_spec
 
 PUSHED_KEY, DESTINATION_KEY, VERSION_KEY = "pushed", "pushed_destination", "pushed_version"
@@ -32,7 +33,7 @@ def raw_feature_spec(encoder, image_size: int = 0) -> dict[str, tf.io.FixedLenFe
     images (``image_size`` > 0) are stored as one bytes value."""
     spec = {}
     for modality in (IMAGE_KEY, TEXT_KEY):
-        signature = input_spec(encoder, f"encode_{modality}")
+        signature = input_spec(encoder, encode_signature(modality))
         if signature.dtype == tf.string or (modality == IMAGE_KEY and image_size):
             spec[modality] = tf.io.FixedLenFeature([], tf.string)
         else:

@@ -91,6 +91,49 @@ def add_span_flags(parser: argparse.ArgumentParser) -> None:
                         help="start the Trainer from the latest blessed model's weights")
 
 
+def node_resource(text: str) -> tuple[str, str, str]:
+    """``NODE.KEY=VALUE`` (``Trainer.memory_limit=16Gi``) -> (node, key, value)."""
+    target, value = key_value(text)
+    node, dot, key = target.partition(".")
+    if not dot or not node or not key:
+        raise argparse.ArgumentTypeError(f"expected NODE.KEY=VALUE (Trainer.memory_limit=16Gi), "
+                                         f"got {text!r}")
+    return node, key, value
+
+
+def add_kubeflow_flags(parser: argparse.ArgumentParser) -> None:
+    """``cmgan compile``'s Kubeflow settings (the config's ``kubeflow`` section)."""
+    parser.add_argument("--image", help="container image with this project installed "
+                                        "(default: as configured, else cmgan-tfx:latest)")
+    for key, example in (("cpu_request", "1 or 500m"), ("cpu_limit", "2"),
+                         ("memory_request", "2Gi"), ("memory_limit", "8Gi")):
+        parser.add_argument(f"--{key.replace('_', '-')}", metavar="QUANTITY",
+                            help=f"every component's {key.replace('_', ' ')} ({example})")
+    parser.add_argument("--node-resource", action="append", type=node_resource, default=None,
+                        metavar="NODE.KEY=VALUE",
+                        help="one node's resource over the defaults, repeatable "
+                             "(Trainer.memory_limit=16Gi; keys cpu_request, cpu_limit, "
+                             "memory_request, memory_limit)")
+    parser.add_argument("--trainer-accelerator", metavar="TYPE",
+                        help="the Trainer's accelerator: NVIDIA_TESLA_T4 (Vertex AI) or "
+                             "nvidia.com/gpu (Kubeflow Pipelines on Kubernetes)")
+    parser.add_argument("--trainer-accelerator-count", type=int, metavar="N",
+                        help="how many (default 1)")
+
+
+def _kubeflow_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(args, name, None) for name in (
+        "image", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
+        "trainer_accelerator", "trainer_accelerator_count")}
+    values = {k: v for k, v in values.items() if v is not None}
+    nodes: dict[str, dict[str, str]] = {}
+    for node, key, value in getattr(args, "node_resource", None) or []:
+        nodes.setdefault(node, {})[key] = value
+    if nodes:
+        values["node_resources"] = nodes
+    return values
+
+
 def config_from_args(args: argparse.Namespace, *, dataset: Optional[str] = None,
                      adjust: Optional[Callable[[PipelineConfig], PipelineConfig]] = None
                      ) -> PipelineConfig:
@@ -104,4 +147,5 @@ def config_from_args(args: argparse.Namespace, *, dataset: Optional[str] = None,
     if getattr(args, "epochs", None) is not None:
         hparams["epochs"] = args.epochs
     return load_config(args.config, adjust=adjust, hparams=hparams,
-                       beam_args=getattr(args, "beam_arg", None), **overrides)
+                       beam_args=getattr(args, "beam_arg", None),
+                       kubeflow=_kubeflow_overrides(args), **overrides)

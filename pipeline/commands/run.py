@@ -12,8 +12,8 @@ import os
 import shlex
 import sys
 
-from pipeline.commands.flags import add_pipeline_flags, config_from_args
-from pipeline.config import DEFAULT_IMAGE, PipelineConfig
+from pipeline.commands.flags import add_kubeflow_flags, add_pipeline_flags, config_from_args
+from pipeline.config import PipelineConfig
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def compile_spec(args: argparse.Namespace) -> int:
     """Writes the Kubeflow Pipelines V2 PipelineJob JSON."""
     from pipeline.kubeflow_runner import compile_pipeline
 
-    path = compile_pipeline(config_from_args(args), args.output, args.image)
+    path = compile_pipeline(config_from_args(args), args.output)
     print(f"Kubeflow V2 pipeline spec written to {path}")
     return 0
 
@@ -90,8 +90,6 @@ def register(subparsers) -> None:
     add_pipeline_flags(compile_parser)
     compile_parser.add_argument("--output", default="cmgan-pipeline.json", metavar="FILE",
                                 help="PipelineJob JSON to write (default: %(default)s)")
-    compile_parser.add_argument("--image", default=DEFAULT_IMAGE,
-                                help="container image with this project installed "
-                                     "(default: %(default)s)")
+    add_kubeflow_flags(compile_parser)
     compile_parser.set_defaults(func=compile_spec)
 

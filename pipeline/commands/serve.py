@@ -50,13 +50,38 @@ def serve(args: argparse.Namespace) -> int:
                             max_workers=args.workers, max_rows=args.max_rows or None,
                             max_image_pixels=args.max_image_pixels or None)
 
+    try:  # bound before anything loads, so a taken port fails at once
+        rest_server = _rest_api(args, manager, options) if args.rest_api_port else None
+    except OSError as error:
+        print(f"cmgan serve: {error}", file=sys.stderr)
+        return 1
+
     def on_ready(port: int) -> None:
+        if rest_server is not None:  # before "serving ...": that line means every API is up
+            import threading
+
+            threading.Thread(target=rest_server.serve_forever, daemon=True,
+                             name="rest-api").start()
+            print(f"REST API on {args.host}:{rest_server.server_address[1]}", flush=True)
         print(f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True)
         if args.web_port is not None:
             _start_web_page(args, port)
 
     serve_forever(manager, options, on_ready=on_ready)
+    if rest_server is not None:
+        rest_server.shutdown()
+        rest_server.server_close()
     return 0
+
+
+def _rest_api(args: argparse.Namespace, manager, options):
+    """``--rest-api-port``: TF Serving's REST API (serving/rest_api.py) over the same models,
+    limits and deadline as gRPC, bound to ``--host``; served on a daemon thread once ready."""
+    from serving.rest_api import RestOptions, make_server
+
+    max_body_mb = args.rest_api_max_body_mb or args.max_message_mb
+    return make_server(manager, RestOptions(host=args.host, port=args.rest_api_port,
+                                            max_body_bytes=max_body_mb << 20), options)
 
 
 def _start_web_page(args: argparse.Namespace, grpc_port: int) -> None:
@@ -168,6 +193,15 @@ def register(subparsers) -> None:
                               help="address to bind (default: %(default)s, loopback only)")
     serve_parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                               help="gRPC port (default: %(default)s; 0 picks a free one)")
+    serve_parser.add_argument("--rest-api-port", type=int_in(0, 65535), default=0,
+                              metavar="PORT",
+                              help="also serve TF Serving's REST API (/v1/models/...: predict, "
+                                   "status, metadata) on this port, bound to --host; 0: off "
+                                   "(default, as TF Serving)")
+    serve_parser.add_argument("--rest-api-max-body-mb", type=int_in(1, 2047), default=None,
+                              metavar="N",
+                              help="largest REST request body; bigger ones get 413 (default: "
+                                   "--max-message-mb)")
     serve_parser.add_argument("--num-versions", type=int, default=0,
                               help="keep the N highest versions loaded (default: all)")
     serve_parser.add_argument("--poll-seconds", type=float, default=2.0,

@@ -37,10 +37,11 @@ def register(subparsers) -> None:
 
 def train(args: argparse.Namespace) -> int:
     from components.datasets import load_dataset
+    from components.datasets.registry import PIPELINE_DATASETS
     from models.experiment import print_tables, train_and_evaluate
     from models.hparams import hparams_for_dataset
 
-    reader = "demo" if args.dataset == "demo-features" else args.dataset
+    reader = PIPELINE_DATASETS[args.dataset].feature_reader
     overrides = dict(args.hparam)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs

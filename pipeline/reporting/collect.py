@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from components.example_gen import utils as u
 from components.retrieval_evaluator.constants import EVALUATION_FILE
+from models.encoder_kinds import CNN
 from pipeline import history, node_ids
 from pipeline.history import RunArtifacts
 from pipeline.metadata import properties
@@ -121,14 +123,16 @@ def embed_examples(model_dir: str, examples: Examples) -> Embeddings:
     """``serving_default`` of an exported model on serialized tf.Examples, in batches."""
     import tensorflow as tf
 
+    from models import signatures as names
     from models.export import load_serving_model
 
-    signature = load_serving_model(model_dir).signatures["serving_default"]
+    signature = load_serving_model(model_dir).signatures[names.SERVING_DEFAULT]
     image, text = [], []
     for start in range(0, len(examples), ENCODE_BATCH):
-        out = signature(examples=tf.constant(examples.serialized[start:start + ENCODE_BATCH]))
-        image.append(out["image_embedding"].numpy())
-        text.append(out["text_embedding"].numpy())
+        batch = tf.constant(examples.serialized[start:start + ENCODE_BATCH])
+        out = signature(**{names.EXAMPLES_KEY: batch})
+        image.append(out[names.IMAGE_EMBEDDING_KEY].numpy())
+        text.append(out[names.TEXT_EMBEDDING_KEY].numpy())
     return Embeddings(np.concatenate(image), np.concatenate(text))
 
 
@@ -183,17 +187,19 @@ def collect(metadata_path: str, pipeline_name: str, run: str = "LATEST") -> Repo
     data = properties(examples_artifact)
     gen_node = next((n for n in found.executions if node_ids.is_example_gen(n)), None)
     gen_props = properties(found.executions[gen_node]) if gen_node else {}
-    class_names = json.loads(data["class_names"]) if data.get("class_names") else []
+    class_names = (json.loads(data[u.CLASS_NAMES_PROPERTY])
+                   if data.get(u.CLASS_NAMES_PROPERTY) else [])
+    image_encoder = data.get(u.IMAGE_ENCODER_PROPERTY)
     data = {
-        "dataset": gen_props.get("dataset", "examples"),
-        "data_dir": gen_props.get("data_dir") or gen_props.get("input_base"),
-        "class_names": class_names, "num_classes": data.get("num_classes"),
-        "image_dim": data.get("image_dim"), "text_dim": data.get("text_dim"),
+        "dataset": gen_props.get(u.DATASET_KEY, "examples"),
+        "data_dir": gen_props.get(u.DATA_DIR_KEY) or gen_props.get("input_base"),
+        "class_names": class_names, "num_classes": data.get(u.NUM_CLASSES_PROPERTY),
+        "image_dim": data.get(u.IMAGE_DIM_PROPERTY), "text_dim": data.get(u.TEXT_DIM_PROPERTY),
         # Raw pixels only with the cnn encoder (keras:/torch: examples hold feature vectors).
-        "image_size": data.get("image_size") if data.get("image_encoder") == "cnn" else None,
-        "image_encoder": data.get("image_encoder"), "text_encoder": data.get("text_encoder"),
-        "spans": json.loads(data["spans"]) if data.get("spans") else None,
-        "eval_span": data.get("eval_span"), "uri": examples_artifact.uri,
+        "image_size": data.get(u.IMAGE_SIZE_PROPERTY) if image_encoder == CNN else None,
+        "image_encoder": image_encoder, "text_encoder": data.get(u.TEXT_ENCODER_PROPERTY),
+        "spans": json.loads(data[u.SPANS_PROPERTY]) if data.get(u.SPANS_PROPERTY) else None,
+        "eval_span": data.get(u.EVAL_SPAN_PROPERTY), "uri": examples_artifact.uri,
         "split_sizes": {s: count_records(examples_artifact.uri, s) for s in SPLITS},
     }
 
