@@ -4,7 +4,8 @@ Batches are dicts from `models.sampling.class_balanced_batches`: a matched pair
 (image, text, label) and a pair of another class (wrong_image, wrong_text, wrong_label).
 Every loss is a per-example sum divided by the *global* batch (tf.nn.compute_average_loss),
 so gradients all-reduced across replicas equal the single-device ones; logged losses are
-multiplied back by the replica count.
+summed over the replicas in each step, so every replica (and every worker) logs the global
+batch's losses.
 """
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def _pair_loss(unit, other_unit, label, scale: float):
     logits = scale * tf.matmul(unit, other_unit, transpose_b=True)
     same = tf.cast(tf.equal(label[:, None], label[None, :]), logits.dtype)
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(same, logits), axis=-1)
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """A MultiWorkerMirroredStrategy over more than one worker (what Keras tests too)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
 
 
 def _average(per_example):
@@ -122,6 +129,18 @@ class CMGAN(keras.Model):
         for g in GENERATORS:
             self.generator_optimizers[g].build(self.generator(g).trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """CM-GAN builds its layers in __init__ and its optimizers in compile. Keras' version
+        (under a tf.distribute strategy) takes a batch from the training iterator, which then
+        skips it, and strategy.reduce()s the batch dict, which MultiWorkerMirroredStrategy
+        cannot do ("unsupported type dict"). Without an unbuilt layer no batch is needed."""
+        if getattr(self, "_distribute_strategy", None) is None or not all(
+                layer.built for layer in self._flatten_layers()):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=())
+        return None
+
     def discriminator(self, name: str) -> keras.Model:
         return getattr(self, f"{name}_discriminator")
 
@@ -199,7 +218,6 @@ class CMGAN(keras.Model):
         return total, semantic
 
     def train_step(self, batch):
-        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         with tf.GradientTape(persistent=True) as tape:
             per_example, l1 = self._discriminator_losses(batch)
             d_losses = {d: _average(loss) for d, loss in per_example.items()}
@@ -228,6 +246,14 @@ class CMGAN(keras.Model):
         decay = self.hparams.ema_decay
         for variable, average in zip(self.generator_variables(), self.generator_averages):
             average.assign(decay * average + (1.0 - decay) * variable)
-        for name, value in logged.items():
-            self.loss_trackers[name].update_state(value * replicas)
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        values = tf.stack([tf.cast(logged[name], tf.float32) for name in LOSS_NAMES])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:  # one all-reduce, all losses
+            values = tf.distribute.get_replica_context().all_reduce("SUM", values)
+        for name, value in zip(LOSS_NAMES, tf.unstack(values)):
+            self.loss_trackers[name].update_state(value)
+        results = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.6's fit averages step outputs across workers with strategy.reduce(MEAN,
+            # axis=0), which needs an axis: shape [1] reduces to the scalar mean.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results

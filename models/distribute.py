@@ -1,5 +1,14 @@
-"""tf.distribute strategy chosen by name in the configuration."""
+"""tf.distribute strategy chosen by name in the configuration, and who writes outputs.
+
+Under MultiWorkerMirroredStrategy every worker runs the same program; only the chief writes
+the real checkpoints, TensorBoard logs, exports and metrics. The other workers still do every
+save (a save may read distributed variables with collective ops, which must run on all
+workers) but into temporary folders that they delete, as the TF multi-worker guide does.
+"""
 from __future__ import annotations
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -15,3 +24,34 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def task() -> tuple[str | None, int]:
+    """(type, index) of this process in TF_CONFIG; (None, 0) without one."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task_config = config.get("task") or {}
+    return task_config.get("type"), int(task_config.get("index", 0))
+
+
+def is_chief() -> bool:
+    """The chief of TF_CONFIG's cluster: the "chief" task, else worker 0; True without one."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task_type, index = task()
+    if task_type is None or task_type == "chief":
+        return True
+    return (task_type == "worker" and index == 0
+            and "chief" not in (config.get("cluster") or {}))
+
+
+def writes_outputs(strategy: str | tf.distribute.Strategy) -> bool:
+    """Whether this process writes the real outputs: always, except a non-chief worker of a
+    MultiWorkerMirroredStrategy."""
+    multi_worker = (strategy == "multi_worker" if isinstance(strategy, str) else isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy))
+    return not multi_worker or is_chief()
+
+
+def worker_name() -> str:
+    """"worker1" etc., for a non-chief's temporary folders."""
+    task_type, index = task()
+    return f"{task_type or 'task'}{index}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -34,8 +36,25 @@ def train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, *,
                        strategy: str = "default", output_dir: str | None = None,
                        verbose: int = 1) -> dict[str, Any]:
     """Fits CM-GAN (epoch chosen on val) and the baselines; returns the metrics document
-    for the test split, with the validation figures beside it."""
-    from models.training import embed, train_cmgan  # TensorFlow only when training
+    for the test split, with the validation figures beside it.
+
+    Under ``multi_worker`` only the chief writes to ``output_dir``; another worker does the
+    same writes into a temporary folder that it then deletes."""
+    from models.distribute import worker_name, writes_outputs  # TensorFlow only when training
+
+    scratch = None
+    if output_dir and not writes_outputs(strategy):
+        output_dir = scratch = tempfile.mkdtemp(prefix=f"cmgan-{worker_name()}-")
+    try:
+        return _train_and_evaluate(dataset, hparams, strategy, output_dir, verbose)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy: str,
+                        output_dir: str | None, verbose: int) -> dict[str, Any]:
+    from models.training import embed, train_cmgan
 
     started = time.time()
     scaled = standardise(dataset)

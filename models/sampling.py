@@ -2,8 +2,11 @@
 
 Each element draws a class uniformly, a matched (image, text) pair of that class, and a
 "wrong" pair from a different class (GAN-CLS fakes). Sampling is stateless and keyed on a
-counter, so it is reproducible, infinite, and split cleanly across replicas: the batch op
-comes before the sampling map, so tf.distribute rebatches it per replica.
+counter, so it is reproducible, infinite, and split cleanly across replicas: tf.distribute
+(Keras' fit under a strategy) splits every global batch into per-replica batches of
+batch_size / num_replicas_in_sync, and under MultiWorkerMirroredStrategy each worker keeps its
+replicas' slices (DATA sharding): the workers draw different examples, together exactly the
+single-device batch.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ def class_balanced_batches(image: np.ndarray, text: np.ndarray, label: np.ndarra
     # TFX Trainer the autotuner's thread held the iterator's destructor for ~50 s after fit().
     options = tf.data.Options()
     options.autotune.enabled = False
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (tf.data.Dataset.counter(start=start_batch * batch_size)
             .batch(batch_size, drop_remainder=True)
             .map(sample, num_parallel_calls=2)

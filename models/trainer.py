@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from models.distribute import is_chief, writes_outputs
 from models.encoder_kinds import is_keras
 from models.example_codec import read_split
 from models.export import export_serving_model
@@ -64,11 +66,7 @@ def checkpoint_fingerprint(fn_args, hparams: CMGANHParams, strategy: str) -> str
 
 def _is_chief() -> bool:
     """Under MultiWorkerMirroredStrategy only the chief writes the real model."""
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = cluster.get("task", {})
-    return task.get("type", "chief") == "chief" or (
-        task.get("type") == "worker" and task.get("index", 0) == 0
-        and "chief" not in cluster.get("cluster", {}))
+    return is_chief()
 
 
 def run_fn(fn_args) -> None:
@@ -100,12 +98,13 @@ def run_fn(fn_args) -> None:
                          log_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir,
                          initial_weights=initial_weights)
 
-    chief = _is_chief()
+    chief = writes_outputs(strategy)  # a non-chief of a multi-worker run; see models.distribute
     export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
     extractor, extractor_size = _image_feature_extractor(config)
     export_serving_model(result.model, tf_transform_output, export_dir, extractor,
                          extractor_size)
-    if not chief:
+    if not chief:  # every worker exports (the save may need all of them); only the chief keeps it
+        shutil.rmtree(export_dir, ignore_errors=True)
         return
     _write_weights(result.model, warm_start_weights_path(fn_args.serving_model_dir))
     warm = fn_args.base_model if result.warm_started_from else None

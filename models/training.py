@@ -3,12 +3,21 @@
 Shared by the Trainer's `run_fn` and `cmgan train`. With a checkpoint directory, training
 state (weights, six optimizers, epoch, best validation score) is saved every epoch, so a
 process killed mid-training resumes where it stopped.
+
+Under MultiWorkerMirroredStrategy every worker calls `train_cmgan` alike: each replica trains
+on its slice of every global batch (`models.sampling`), validation runs on every worker with
+its (identical) weights, and only the chief keeps checkpoints and TensorBoard logs; the other
+workers save into a temporary folder that is deleted at the end. A worker resumes from the
+chief's checkpoint folder.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import keras
@@ -16,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.cmgan import CMGAN
-from models.distribute import make_strategy
+from models.distribute import make_strategy, worker_name, writes_outputs
 from models.hparams import CMGANHParams
 from models.metrics import SELECTION_METRIC
 from models.progress import TrainingProgress
@@ -57,6 +66,14 @@ def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
     return run(model.encode_image, image), run(model.encode_text, text)
 
 
+def weights_checksum(model: keras.Model) -> str:
+    """sha256 of every weight's bytes: workers of one multi-worker run must agree."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
 def _copy_weights(model: keras.Model) -> list[np.ndarray]:
     """Owned copies: arrays from get_weights() can alias variable buffers that the
     optimizers later update in place, which silently turns "best" into "latest"."""
@@ -78,7 +95,9 @@ class ValidationSelection(keras.callbacks.Callback):
     best weights, saves checkpoints, prints progress and stops early if configured."""
 
     def __init__(self, val, hparams: CMGANHParams, total_epochs: int, state: _TrainingState,
-                 checkpoint_dir: str | None, verbose: int):
+                 checkpoint_dir: str | None, verbose: int, resume_dir: str | None = None):
+        """Checkpoints are saved in `checkpoint_dir` and resumed from `resume_dir` (default:
+        the same; a non-chief worker saves to a temporary folder, resumes from the chief's)."""
         super().__init__()
         self.val, self.hparams, self.total_epochs = val, hparams, total_epochs
         self.state, self.verbose = state, verbose
@@ -88,6 +107,7 @@ class ValidationSelection(keras.callbacks.Callback):
         self.progress = TrainingProgress(total_epochs)
         self.last_manager = self.best_manager = None
         self.checkpoint_dir = checkpoint_dir
+        self.resume_dir = resume_dir or checkpoint_dir
 
     def attach_checkpoints(self, model: CMGAN):
         if not self.checkpoint_dir:
@@ -103,17 +123,18 @@ class ValidationSelection(keras.callbacks.Callback):
 
     def restore(self, model: CMGAN) -> int:
         """Resumes from the checkpoint directory; returns the epoch training stopped at."""
-        if not self.last_manager or not self.last_manager.latest_checkpoint:
+        if not self.last_manager:
             return 0
-        if self.best_manager.latest_checkpoint:
-            self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint
-                                                 ).expect_partial()
+        last = tf.train.latest_checkpoint(os.path.join(self.resume_dir, "last"))
+        if not last:
+            return 0
+        best = tf.train.latest_checkpoint(os.path.join(self.resume_dir, "best"))
+        if best:
+            self.best_manager.checkpoint.restore(best).expect_partial()
             self.best_weights = _copy_weights(model)
-        self.last_manager.checkpoint.restore(self.last_manager.latest_checkpoint
-                                             ).assert_existing_objects_matched()
+        self.last_manager.checkpoint.restore(last).assert_existing_objects_matched()
         epoch = int(self.state.epoch.numpy())
-        log.info("resumed CM-GAN training from %s at epoch %d",
-                 self.last_manager.latest_checkpoint, epoch)
+        log.info("resumed CM-GAN training from %s at epoch %d", last, epoch)
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
@@ -182,6 +203,13 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         jit_compile = False
         log.info("XLA off: %d training steps do not pay back its compile (needs %d)",
                  steps * hparams.epochs, XLA_MIN_STEPS)
+    # A non-chief worker of a multi-worker run saves into a temporary folder, deleted at the end.
+    scratch = None
+    resume_dir = checkpoint_dir
+    if not writes_outputs(strategy) and (checkpoint_dir or log_dir):
+        scratch = tempfile.mkdtemp(prefix=f"cmgan-{worker_name()}-")
+        checkpoint_dir = checkpoint_dir and os.path.join(scratch, "checkpoints")
+        log_dir = log_dir and os.path.join(scratch, "logs")
     with strategy.scope():
         model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
         model.compile(steps_per_epoch=steps, jit_compile=jit_compile)
@@ -191,7 +219,7 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         initial = embed(model, val.image[:n], val.text[:n])
     state = _TrainingState()
     selection = ValidationSelection(val, hparams, hparams.epochs, state, checkpoint_dir,
-                                    verbose)
+                                    verbose, resume_dir=resume_dir)
     selection.attach_checkpoints(model)
     resumed = selection.restore(model)
     warm_started_from = None
@@ -207,12 +235,17 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     callbacks = [selection]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
-    if resumed < hparams.epochs:
-        batches = class_balanced_batches(train.image, train.text, train.label,
-                                         hparams.batch_size, seed=hparams.seed,
-                                         start_batch=resumed * steps)
-        model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
-                  steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+    try:
+        if resumed < hparams.epochs:
+            # Global batches; Keras' fit splits each over the replicas (models.sampling).
+            batches = class_balanced_batches(train.image, train.text, train.label,
+                                             hparams.batch_size, seed=hparams.seed,
+                                             start_batch=resumed * steps)
+            model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     best_val: dict[str, float] = {}
     val_embeddings = None
     if selection.best_weights is not None:
@@ -224,6 +257,8 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
 
         val_embeddings = embed(model, val.image, val.text)
         best_val = retrieval_report(*val_embeddings, val.label)
+    if strategy.num_replicas_in_sync > 1:  # replicas and workers must end alike
+        log.info("final CM-GAN weights sha256 %s (%s)", weights_checksum(model), worker_name())
     return TrainResult(model=model, history=selection.history,
                        best_epoch=int(state.best_epoch.numpy()) or hparams.epochs,
                        best_val=best_val, resumed_from_epoch=resumed, strategy=strategy,

@@ -4,7 +4,9 @@
   policies and ``version_labels`` such as ``stable`` / ``canary``;
 - the batching parameters file (``--enable_batching --batching_parameters_file``), the text
   format of TF Serving's ``BatchingParameters`` (that proto is not in tensorflow-serving-api, so
-  it is written as text here).
+  it is written as text here);
+- the ``MonitoringConfig`` text format (``--monitoring_config_file``): Prometheus metrics on the
+  REST port (serving/metrics.py).
 """
 from __future__ import annotations
 
@@ -98,4 +100,16 @@ def batching_parameters(max_batch_size: int = 64, batch_timeout_micros: int = 10
 def write_batching_parameters(path: str, **parameters) -> str:
     with open(path, "w") as f:
         f.write(batching_parameters(**parameters))
+    return path
+
+
+def write_monitoring_config(path: str, enable: bool = True,
+                            metrics_path: Optional[str] = None) -> str:
+    """TF Serving's ``--monitoring_config_file`` (also ``cmgan serve``'s): Prometheus metrics at
+    ``metrics_path`` (default ``/monitoring/prometheus/metrics``) on the REST port."""
+    from serving import metrics  # pylint: disable=import-outside-toplevel
+
+    with open(path, "w") as f:
+        f.write(metrics.monitoring_config_text(enable, metrics_path
+                                               or metrics.DEFAULT_PROMETHEUS_PATH))
     return path

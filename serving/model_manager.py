@@ -28,6 +28,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from models.export import load_serving_model
 from serving.config_files import ModelEntry, read_model_config
+from serving.metrics import END, FAIL, LOAD, SUCCESS, UNLOAD, ServingMetrics
 from serving.predict import run_predict
 from serving.servable import WARMUP_FILE, Servable, ServingError
 
@@ -142,9 +143,13 @@ class ModelManager:
     def __init__(self, entries: list[ModelEntry], config_file: Optional[str] = None,
                  poll_seconds: float = 2.0, max_load_retries: int = 5,
                  retry_base_seconds: float = 2.0, retry_max_seconds: float = 60.0,
-                 allow_signature_change: bool = False):
+                 allow_signature_change: bool = False,
+                 metrics: Optional[ServingMetrics] = None):
         """``max_load_retries`` after the first failure (TF Serving's default is 5), waiting
-        ``retry_base_seconds`` doubled per failure, at most ``retry_max_seconds``."""
+        ``retry_base_seconds`` doubled per failure, at most ``retry_max_seconds``. Loads,
+        unloads and the served versions are recorded in ``metrics`` (``self.metrics``), which
+        both APIs share for their request counts (serving/metrics.py)."""
+        self.metrics = metrics if metrics is not None else ServingMetrics()
         self._max_load_retries = max_load_retries
         self._retry_base_seconds = retry_base_seconds
         self._retry_max_seconds = retry_max_seconds
@@ -175,7 +180,7 @@ class ModelManager:
             self._reload_config()
         except (OSError, ValueError) as error:  # keep serving with the last good config
             log.error("model config %s not reloaded: %s", self._config_file, error)
-        snapshot = {}
+        previous, snapshot = self._snapshot, {}
         for name, entry in self._entries.items():
             current = self._snapshot.get(name, {})
             versions = {}
@@ -193,6 +198,7 @@ class ModelManager:
                     self._failed.pop(key, None)
                     self._attempts.pop(key, None)
                     log.info("loaded %s version %d from %s", name, version, path)
+                    self.metrics.record_version_event(name, version, LOAD, SUCCESS)
                 except IncompatibleVersion as error:
                     self._give_up(key, path, str(error), grpc.StatusCode.FAILED_PRECONDITION)
                 except Exception as error:  # pylint: disable=broad-except
@@ -200,6 +206,11 @@ class ModelManager:
                     self._record_failure(key, path, f"{type(error).__name__}: {error}")
             snapshot[name] = versions
         self._snapshot = snapshot
+        for name, versions in previous.items():
+            for version in sorted(set(versions) - set(snapshot.get(name, {}))):
+                log.info("unloaded %s version %d", name, version)
+                self.metrics.record_version_event(name, version, UNLOAD, SUCCESS)
+        self.metrics.set_available(snapshot)
 
     def _due(self, key: tuple[str, int], path: str) -> bool:
         """Whether a version that failed before may be tried now (a rewritten one always)."""
@@ -223,6 +234,7 @@ class ModelManager:
                     self._retry_max_seconds)
         attempts.next_try = time.monotonic() + delay
         self._failed[key] = message
+        self.metrics.record_version_event(key[0], key[1], LOAD, FAIL)
         log.warning("could not load %s version %d (attempt %d of %d, next in %.0f s): %s",
                     key[0], key[1], attempts.failures, self._max_load_retries + 1, delay,
                     message)
@@ -232,6 +244,7 @@ class ModelManager:
         attempts = self._attempts.setdefault(key, LoadAttempts(stamp=_stamp(path)))
         attempts.gave_up, attempts.code = True, code
         self._failed[key] = message
+        self.metrics.record_version_event(key[0], key[1], LOAD, END)
         log.error("not serving %s version %d from %s: %s", key[0], key[1], path, message)
 
     def _check_signatures(self, name: str, version: int, path: str,

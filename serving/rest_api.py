@@ -28,6 +28,7 @@ import re
 import select
 import socket
 import threading
+import time
 import urllib.parse
 from typing import Optional
 
@@ -38,6 +39,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      predict_pb2)
 
+from serving import metrics
 from serving.model_manager import ModelManager
 from serving.predict import check_input_names, signature_def
 from serving.servable import ServingError
@@ -337,16 +339,28 @@ class RestApi:
 
     def predict(self, name: str, version: Optional[str], label: Optional[str], body: bytes,
                 context: _Context) -> dict:
+        started, servable = time.perf_counter(), None
         request = predict_pb2.PredictRequest()
-        _model_spec(request.model_spec, name, version, label)
-        if not self.slots.acquire(timeout=self.slot_wait_s):
-            raise ServingError(Code.UNAVAILABLE, f"the server is busy: no prediction slot "
-                                                 f"freed within {self.slot_wait_s:.0f} s")
+        try:  # failures before the prediction are counted too (serving/metrics.py)
+            _model_spec(request.model_spec, name, version, label)
+            if not self.slots.acquire(timeout=self.slot_wait_s):
+                raise ServingError(Code.UNAVAILABLE, f"the server is busy: no prediction slot "
+                                                     f"freed within {self.slot_wait_s:.0f} s")
+        except ServingError as error:
+            self.prediction.record(request, None, metrics.REST, error)
+            raise
         try:
-            parsed = parse_json(body)
-            servable = self.manager.resolve(request.model_spec)
-            form = predict_request(parsed, servable, request)
-            return predict_json(self.prediction.predict(request, context, servable), form)
+            try:
+                parsed = parse_json(body)
+                if isinstance(parsed.get("signature_name"), str):  # the label if it fails
+                    request.model_spec.signature_name = parsed["signature_name"]
+                servable = self.manager.resolve(request.model_spec)
+                form = predict_request(parsed, servable, request)
+            except Exception as error:
+                self.prediction.record(request, servable, metrics.REST, error)
+                raise
+            return predict_json(self.prediction.predict(request, context, servable,
+                                                        metrics.REST, started), form)
         finally:
             self.slots.release()
 
@@ -390,6 +404,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer has a Content-Length
     api: RestApi  # set on the subclass made by make_server
     options: RestOptions
+    metrics_path: Optional[str] = None  # the Prometheus page (--monitoring-config-file)
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         log.debug("%s %s", self.address_string(), format % args)
@@ -444,7 +459,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise HttpError(400, f"the body ended after {len(body)} of {length} bytes")
         return body
 
+    def _metrics_page(self, method: str) -> None:
+        """The Prometheus text page (serving/metrics.py), GET only."""
+        try:
+            self._read_body()
+            if method != "GET":
+                raise HttpError(405, f"{method} is not allowed on {self.metrics_path}: use GET")
+        except HttpError as error:
+            self._send(error.status, {"error": str(error)})
+            return
+        body = self.api.prediction.metrics.render().encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", metrics.CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _answer(self, method: str) -> None:
+        if (self.metrics_path is not None
+                and urllib.parse.urlsplit(self.path).path == self.metrics_path):
+            self._metrics_page(method)
+            return
         try:
             status, answer = 200, self._route(method)
         except HttpError as error:
@@ -511,11 +546,16 @@ class _Server(http.server.ThreadingHTTPServer):
 
 def make_server(manager: ModelManager, options: RestOptions,
                 server_options: ServerOptions = ServerOptions(),
-                stats: Optional[RequestStats] = None) -> http.server.ThreadingHTTPServer:
-    """The REST server, bound but not yet serving: run ``serve_forever`` (e.g. on a thread)."""
+                stats: Optional[RequestStats] = None,
+                monitoring: Optional[metrics.PrometheusSettings] = None
+                ) -> http.server.ThreadingHTTPServer:
+    """The REST server, bound but not yet serving: run ``serve_forever`` (e.g. on a thread).
+    ``monitoring`` (enabled): the Prometheus page at its path, as TF Serving's
+    ``--monitoring_config_file``; otherwise that path is 404 like any unknown one."""
     handler = type("BoundRestHandler", (Handler,), {
         "api": RestApi(manager, server_options, stats), "options": options,
-        "timeout": options.connection_timeout_s})
+        "timeout": options.connection_timeout_s,
+        "metrics_path": monitoring.path if monitoring and monitoring.enabled else None})
     try:
         return _Server((options.host, options.port), handler)
     except OSError as error:

@@ -19,6 +19,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
 from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS
+from models.signatures import SERVING_DEFAULT
+from serving.metrics import GRPC, ServingMetrics
 from serving.model_manager import ModelManager
 from serving.predict import Limits, Stopped, run_predict
 from serving.servable import Servable, ServingError
@@ -83,14 +85,46 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.request_timeout_s = request_timeout_s
         self.limits = limits
         self.stats = stats if stats is not None else RequestStats()
+        self.metrics = getattr(manager, "metrics", None) or ServingMetrics()
 
     def Predict(self, request, context):
         return _answer(context, lambda: self.predict(request, context))
 
-    def predict(self, request, context, servable: Optional[Servable] = None):
+    def predict(self, request, context, servable: Optional[Servable] = None,
+                entrypoint: str = GRPC, started: Optional[float] = None):
         """Predict with this server's deadline, limits and cancel count; a ServingError is
         raised, not answered. The REST API (serving/rest_api.py) passes the ``servable`` it
-        resolved to read the signature's dtypes, so the JSON is run on that very version."""
+        resolved to read the signature's dtypes, so the JSON is run on that very version.
+        Counted in the metrics under ``entrypoint``; the latency runs from ``started``
+        (``time.perf_counter()``, default: now)."""
+        started = time.perf_counter() if started is None else started
+        try:
+            servable = servable or self.manager.resolve(request.model_spec)
+            response = self._predict(request, context, servable)
+        except Exception as error:
+            self.record(request, servable, entrypoint, error)
+            raise
+        self.record(request, servable, entrypoint,
+                    latency_us=(time.perf_counter() - started) * 1e6)
+        return response
+
+    def record(self, request, servable: Optional[Servable], entrypoint: str,
+               error: Optional[BaseException] = None, latency_us: Optional[float] = None):
+        """Counts one Predict request (serving/metrics.py). Label values are bounded: a model
+        this server does not serve is ``""``, as is a signature the answering version lacks,
+        and the version is the answering one's (``""`` when none answered)."""
+        spec = request.model_spec
+        signature = spec.signature_name or SERVING_DEFAULT
+        if servable is None or signature not in servable.signature_defs:
+            signature = ""
+        status = ("OK" if error is None else error.code.name
+                  if isinstance(error, ServingError) else "INTERNAL")
+        self.metrics.record_request(
+            spec.name if spec.name in self.manager.model_names() else "",
+            str(servable.version) if servable is not None else "", signature, entrypoint,
+            status, latency_us)
+
+    def _predict(self, request, context, servable: Servable):
         remaining = context.time_remaining()  # None without a client deadline
         budget = min(self.request_timeout_s, remaining if remaining is not None else
                      self.request_timeout_s)
@@ -106,8 +140,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return None
 
         try:
-            response = run_predict(servable or self.manager.resolve(request.model_spec),
-                                   request, self.limits, should_stop)
+            response = run_predict(servable, request, self.limits, should_stop)
         except Stopped as stopped:
             self.stats.record_cancelled(str(stopped))
             log.info("Predict %s/%s stopped: %s (%d cancelled so far)",

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -74,27 +77,66 @@ def make_pipeline_config(tiny_feature_dir):
     return make
 
 
+# Announced addresses: "<prefix>... on host:port" lines a server prints before it serves.
+ADDRESS_LINES = {"REST API on ": "rest", "Prometheus metrics on ": "metrics",
+                 "serving ": "grpc", "search page on ": "web"}
+START_TIMEOUT_S = 300  # TensorFlow's import and the model load, on 2 busy cores
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free now (for flags where 0 means "off", not "any")."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
-def cmgan_process(command: str, ready_prefix: str, *args: str):
+def cmgan_addresses(command: str, ready_prefix: str, *args: str,
+                    timeout_s: float = START_TIMEOUT_S):
     """``cmgan <command> <args>`` (via ``python -m pipeline``) in its own process, until it
-    prints a line starting with ``ready_prefix``; yields what follows the line's last " on "."""
+    prints a line starting with ``ready_prefix`` (within ``timeout_s``); yields the addresses it
+    announced so far, {"grpc"|"rest"|"metrics"|"web": host:port or URL}; SIGTERM at the end."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", command, *args],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
-    output = []
-    for line in process.stdout:
-        output.append(line)
-        if line.startswith(ready_prefix):
-            break
-    else:
-        pytest.fail(f"cmgan {command} did not start:\n" + "".join(output[-40:]))
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout]
+                     + [lines.put(None)], daemon=True).start()
+    seen, addresses = [], {}
+    deadline = time.monotonic() + timeout_s
     try:
-        yield line.rsplit(" on ", 1)[1].strip()
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = lines.get(timeout=max(0.1, left))
+            except queue.Empty:
+                line = ""
+            if line is None or left <= 0:
+                pytest.fail(f"cmgan {command} did not start "
+                            + ("(it exited)" if line is None else f"within {timeout_s} s")
+                            + ":\n" + "".join(seen[-40:]))
+            seen.append(line)
+            for prefix, name in ADDRESS_LINES.items():
+                if line.startswith(prefix) and " on " in line:
+                    addresses[name] = line.rsplit(" on ", 1)[1].strip()
+            if line.startswith(ready_prefix):
+                break
+        yield addresses
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def cmgan_process(command: str, ready_prefix: str, *args: str):
+    """As cmgan_addresses; yields the address on the ``ready_prefix`` line."""
+    with cmgan_addresses(command, ready_prefix, *args) as addresses:
+        yield addresses[ADDRESS_LINES[ready_prefix]]
 
 
 @contextlib.contextmanager

@@ -7,16 +7,11 @@ inputs. Every wait is bounded and the process is stopped at the end of the modul
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -29,12 +24,12 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 
 from pipeline import cli
 from serving import config_files
+from conftest import START_TIMEOUT_S, cmgan_addresses, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "probe"
 MAX_BODY_MB = 1
 MAX_ROWS = 64
-START_TIMEOUT_S = 300  # TensorFlow's import and the load, on 2 busy cores
 SIGNATURES = {"serving_default", "norm", "strings", "top"}
 
 
@@ -63,52 +58,9 @@ class Probe(tf.Module):
 
 
 # --------------------------------------------------------------------------- fixtures
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
 def serve_process(*args: str):
-    """``cmgan serve <args>``; yields {"grpc": host:port, "rest": host:port or absent} once it
-    printed its "serving ..." line (the REST line comes before it), within START_TIMEOUT_S."""
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", *args], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen, addresses = [], {}
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while "grpc" not in addresses:
-            left = deadline - time.monotonic()
-            try:
-                line = lines.get(timeout=max(0.1, left))
-            except queue.Empty:
-                line = ""
-            if line is None or left <= 0:
-                pytest.fail("cmgan serve did not start " + ("(it exited)" if line is None else
-                                                            f"within {START_TIMEOUT_S} s")
-                            + ":\n" + "".join(seen[-40:]))
-            seen.append(line)
-            if line.startswith("REST API on "):
-                addresses["rest"] = line.rsplit(" on ", 1)[1].strip()
-            elif line.startswith("serving "):
-                addresses["grpc"] = line.rsplit(" on ", 1)[1].strip()
-        yield addresses
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+    """``cmgan serve <args>``; yields the announced addresses once it printed "serving"."""
+    return cmgan_addresses("serve", "serving ", *args)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,9 @@ def model_name(text: str) -> str:
 def serve(args: argparse.Namespace) -> int:
     """Serves <model-base-path>/<model-name> and its search companion <model-name>-search
     (or the models of --model-config-file): the highest version unless a request names one."""
+    monitoring = None if args.write_config else _monitoring(args)
+    if isinstance(monitoring, int):
+        return monitoring
     from serving import config_files
     from serving.model_manager import ModelManager
     from serving.server import ServerOptions, serve_forever
@@ -51,7 +54,8 @@ def serve(args: argparse.Namespace) -> int:
                             max_image_pixels=args.max_image_pixels or None)
 
     try:  # bound before anything loads, so a taken port fails at once
-        rest_server = _rest_api(args, manager, options) if args.rest_api_port else None
+        rest_server = (_rest_api(args, manager, options, monitoring) if args.rest_api_port
+                       else None)
     except OSError as error:
         print(f"cmgan serve: {error}", file=sys.stderr)
         return 1
@@ -63,6 +67,9 @@ def serve(args: argparse.Namespace) -> int:
             threading.Thread(target=rest_server.serve_forever, daemon=True,
                              name="rest-api").start()
             print(f"REST API on {args.host}:{rest_server.server_address[1]}", flush=True)
+            if monitoring is not None:
+                print(f"Prometheus metrics on http://{args.host}:"
+                      f"{rest_server.server_address[1]}{monitoring.path}", flush=True)
         print(f"serving {', '.join(manager.model_names())} on {args.host}:{port}", flush=True)
         if args.web_port is not None:
             _start_web_page(args, port)
@@ -74,14 +81,35 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rest_api(args: argparse.Namespace, manager, options):
+def _monitoring(args: argparse.Namespace):
+    """``--monitoring-config-file``: its PrometheusSettings when enabled, else None; an exit
+    status (2, with one line) when the file cannot be used or there is no REST port."""
+    if not args.monitoring_config_file:
+        return None
+    from serving.metrics import MonitoringConfigError, read_monitoring_config
+
+    try:
+        settings = read_monitoring_config(args.monitoring_config_file)
+    except MonitoringConfigError as error:
+        print(f"cmgan serve: {error}", file=sys.stderr)
+        return 2
+    if settings.enabled and not args.rest_api_port:
+        print("cmgan serve: --monitoring-config-file needs --rest-api-port: the metrics are "
+              "served on the REST port, as in TF Serving", file=sys.stderr)
+        return 2
+    return settings if settings.enabled else None
+
+
+def _rest_api(args: argparse.Namespace, manager, options, monitoring=None):
     """``--rest-api-port``: TF Serving's REST API (serving/rest_api.py) over the same models,
-    limits and deadline as gRPC, bound to ``--host``; served on a daemon thread once ready."""
+    limits and deadline as gRPC, bound to ``--host``; served on a daemon thread once ready.
+    ``monitoring``: the Prometheus page too (``--monitoring-config-file``)."""
     from serving.rest_api import RestOptions, make_server
 
     max_body_mb = args.rest_api_max_body_mb or args.max_message_mb
     return make_server(manager, RestOptions(host=args.host, port=args.rest_api_port,
-                                            max_body_bytes=max_body_mb << 20), options)
+                                            max_body_bytes=max_body_mb << 20), options,
+                       monitoring=monitoring)
 
 
 def _start_web_page(args: argparse.Namespace, grpc_port: int) -> None:
@@ -112,7 +140,9 @@ def _write_configs(args: argparse.Namespace) -> int:
         os.path.join(args.write_config, "models.config"), entries)
     batching_path = config_files.write_batching_parameters(
         os.path.join(args.write_config, "batching_parameters.txt"))
-    print(f"wrote {config_path} and {batching_path}")
+    monitoring_path = config_files.write_monitoring_config(
+        os.path.join(args.write_config, "monitoring.config"))
+    print(f"wrote {config_path}, {batching_path} and {monitoring_path}")
     return 0
 
 
@@ -202,6 +232,10 @@ def register(subparsers) -> None:
                               metavar="N",
                               help="largest REST request body; bigger ones get 413 (default: "
                                    "--max-message-mb)")
+    serve_parser.add_argument("--monitoring-config-file", metavar="FILE",
+                              help="TF Serving MonitoringConfig text file (prometheus_config "
+                                   "{ enable: true, path: \"/monitoring/prometheus/metrics\" "
+                                   "}): Prometheus metrics at that path on --rest-api-port")
     serve_parser.add_argument("--num-versions", type=int, default=0,
                               help="keep the N highest versions loaded (default: all)")
     serve_parser.add_argument("--poll-seconds", type=float, default=2.0,
@@ -231,8 +265,9 @@ def register(subparsers) -> None:
                               help="also serve the search page (as `cmgan web`) on this port "
                                    "(0 picks a free one)")
     serve_parser.add_argument("--write-config", metavar="DIR",
-                              help="instead of serving, write models.config and "
-                                   "batching_parameters.txt for tensorflow/serving into DIR")
+                              help="instead of serving, write models.config, "
+                                   "batching_parameters.txt and monitoring.config for "
+                                   "tensorflow/serving into DIR")
     serve_parser.add_argument("--container-base-path", default="/models",
                               help="with --write-config: where the serving root is mounted in "
                                    "the container (default: %(default)s)")

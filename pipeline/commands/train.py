@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 
 from pipeline import console
 from models.hparams import PRESETS
@@ -30,7 +31,9 @@ def register(subparsers) -> None:
                         help="hyperparameter preset: paper (CMGAN.md), general, or a dataset's "
                              "(default: the dataset's own, else general)")
     parser.add_argument("--strategy", default="default",
-                        choices=("default", "mirrored", "multi_worker"))
+                        choices=("default", "mirrored", "multi_worker"),
+                        help="tf.distribute strategy; multi_worker: run once per worker with "
+                             "TF_CONFIG (README), only the chief writes --output-dir")
     parser.add_argument("--seed", type=int, default=0, help="dataset split seed")
     parser.set_defaults(func=train)
 
@@ -47,7 +50,15 @@ def train(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     hparams = hparams_for_dataset(args.dataset, overrides, preset=args.preset)
     output_dir = args.output_dir or os.path.join("outputs", args.dataset)
-    console.log_to(output_dir, "train")
+    chief = True
+    if args.strategy == "multi_worker":
+        from models.distribute import worker_name, writes_outputs
+
+        chief = writes_outputs(args.strategy)
+    if chief:
+        console.log_to(output_dir, "train")
+    else:  # only the chief writes to output_dir; this worker's log goes to a temporary folder
+        console.log_to(tempfile.mkdtemp(prefix=f"cmgan-train-{worker_name()}-"), "train")
     with console.stage(f"load {args.dataset}", 1, 2):
         dataset = load_dataset(reader, args.data_dir, seed=args.seed)
     print(dataset.summary(), flush=True)
@@ -56,5 +67,6 @@ def train(args: argparse.Namespace) -> int:
                                       output_dir=output_dir)
         counts["best epoch"] = f"{document['best_epoch']}/{hparams.epochs}"
     print_tables(document)
-    print(f"\nmetrics: {os.path.abspath(os.path.join(output_dir, 'metrics.json'))}")
+    written = "" if chief else " (written by the chief)"
+    print(f"\nmetrics: {os.path.abspath(os.path.join(output_dir, 'metrics.json'))}{written}")
     return 0
