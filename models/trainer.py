@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.distribute import is_chief, writes_outputs
+from models.distribute import writes_outputs
 from models.encoder_kinds import is_keras
 from models.example_codec import read_split
 from models.export import export_serving_model
@@ -62,11 +62,6 @@ def checkpoint_fingerprint(fn_args, hparams: CMGANHParams, strategy: str) -> str
         "strategy": strategy,
     }, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _is_chief() -> bool:
-    """Under MultiWorkerMirroredStrategy only the chief writes the real model."""
-    return is_chief()
 
 
 def run_fn(fn_args) -> None:

@@ -45,6 +45,7 @@ from serving.predict import check_input_names, signature_def
 from serving.servable import ServingError
 from serving.server import (SIGNATURE_DEF_FIELD, ModelService, PredictionService,
                             RequestStats, ServerOptions)
+from serving.web import discard_refused_body
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -56,7 +57,6 @@ HTTP_STATUS = {
     Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429, Code.FAILED_PRECONDITION: 400,
     Code.ABORTED: 409, Code.OUT_OF_RANGE: 400, Code.UNIMPLEMENTED: 501, Code.INTERNAL: 500,
     Code.UNAVAILABLE: 503, Code.DATA_LOSS: 500, Code.UNAUTHENTICATED: 401}
-DRAIN_LIMIT_BYTES = 64 << 20  # a bigger refused body is not read: the connection is closed
 LISTEN_BACKLOG = 128
 _VERSION = r"(?:/versions/([^/:]+)|/labels/([^/:]+))?"
 PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION + r":(predict|classify|regress)",
@@ -442,15 +442,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(declared)
         limit = self.options.max_body_bytes
         if length > limit:
-            if length <= DRAIN_LIMIT_BYTES:
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            else:
-                self.close_connection = True
+            discard_refused_body(self, length)
             raise HttpError(413, f"the request body is {length} bytes; at most {limit} bytes "
                                  "are accepted (--rest-api-max-body-mb)")
         body = self.rfile.read(length)

@@ -35,6 +35,20 @@ MAX_FORM_PARTS = 16  # the page's forms have at most 3 fields; 60,000 tiny parts
 LISTEN_BACKLOG = 128  # socketserver's default of 5 drops connections under a small burst
 
 
+def discard_refused_body(handler: http.server.BaseHTTPRequestHandler, length: int) -> None:
+    """Reads and drops a refused request body of up to DRAIN_LIMIT_BYTES, so the client gets
+    to read the answer; a bigger one stays unread and the connection is closed."""
+    if length > DRAIN_LIMIT_BYTES:
+        handler.close_connection = True
+        return
+    remaining = length
+    while remaining > 0:
+        chunk = handler.rfile.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+
+
 # --------------------------------------------------------------------------- uploads
 def check_image(data: bytes, limit: int,
                 max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
@@ -174,15 +188,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if length > self.options.max_upload_bytes + FORM_OVERHEAD_BYTES:
             message = (f"The upload is too large: {length / 2**20:.2f} MB; the limit is "
                        f"{self.options.max_upload_bytes / 2**20:.2f} MB.")
-            if length <= DRAIN_LIMIT_BYTES:  # read it, so the browser gets to see the answer
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            else:
-                self.close_connection = True
+            discard_refused_body(self, length)
             return self._page(413, error=message)
         body = self.rfile.read(length)
         content_type = self.headers.get("Content-Type", "")
