@@ -9,6 +9,8 @@ batch's losses.
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -25,6 +27,7 @@ LOSS_NAMES = tuple(f"d_{d}_loss" for d in DISCRIMINATORS) + tuple(
 
 def _bce(logits, target: float):
     """Per-example binary cross-entropy of logits against a constant target."""
+    logits = tf.cast(logits, tf.float32)  # losses in float32 under mixed precision too
     labels = tf.fill(tf.shape(logits), tf.constant(target, logits.dtype))
     return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
 
@@ -47,29 +50,57 @@ def _average(per_example):
     return tf.nn.compute_average_loss(per_example)
 
 
+@contextlib.contextmanager
+def _dtype_policy(precision: str):
+    """Keras' global dtype policy while CM-GAN's layers are made (they keep it), then back."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class _ReplicaConsistentLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, with one verdict for all replicas: Keras checks each
+    replica's own (not yet all-reduced) gradients, so with more than one replica one could
+    skip a step (halving its scale) while another applies it, and the replicas drift apart.
+    Any replica's inf/NaN makes every replica skip the step."""
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return finite
+        bad = context.all_reduce("SUM", tf.cast(tf.logical_not(finite), tf.float32))
+        return tf.equal(bad, 0.0)
+
+
 class CMGAN(keras.Model):
     def __init__(self, image_dim: int, text_dim: int, num_classes: int,
                  hparams: CMGANHParams = CMGANHParams(), **kwargs):
         super().__init__(**kwargs)
         self.hparams = hparams
         self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
-        self.image_generator, self.text_generator = build_generators(
-            image_dim, text_dim, num_classes, hparams)
-        # The discriminators see modality features: after the input encoders, if any.
-        image_dim = self.image_generator.feature_dim
-        text_dim = self.text_generator.feature_dim
-        self.intra_image_discriminator = IntraModalDiscriminator(image_dim, name="intra_image")
-        self.intra_text_discriminator = IntraModalDiscriminator(text_dim, name="intra_text")
-        # Conditioned on the image feature: real (E_I(x), x), fake (E_T(t), x).
-        self.inter_image_discriminator = InterModalDiscriminator(
-            hparams.common_dim, image_dim, hparams, name="inter_image")
-        # Conditioned on the text feature: real (E_T(t), t), fake (E_I(x), t).
-        self.inter_text_discriminator = InterModalDiscriminator(
-            hparams.common_dim, text_dim, hparams, name="inter_text")
-        self.intra_image_discriminator.build((None, image_dim))
-        self.intra_text_discriminator.build((None, text_dim))
-        self.inter_image_discriminator.build()
-        self.inter_text_discriminator.build()
+        # Mixed precision: every layer computes in float16/bfloat16 with float32 variables.
+        with _dtype_policy(hparams.precision):
+            self.image_generator, self.text_generator = build_generators(
+                image_dim, text_dim, num_classes, hparams)
+            # The discriminators see modality features: after the input encoders, if any.
+            image_dim = self.image_generator.feature_dim
+            text_dim = self.text_generator.feature_dim
+            self.intra_image_discriminator = IntraModalDiscriminator(image_dim, name="intra_image")
+            self.intra_text_discriminator = IntraModalDiscriminator(text_dim, name="intra_text")
+            # Conditioned on the image feature: real (E_I(x), x), fake (E_T(t), x).
+            self.inter_image_discriminator = InterModalDiscriminator(
+                hparams.common_dim, image_dim, hparams, name="inter_image")
+            # Conditioned on the text feature: real (E_T(t), t), fake (E_I(x), t).
+            self.inter_text_discriminator = InterModalDiscriminator(
+                hparams.common_dim, text_dim, hparams, name="inter_text")
+            self.intra_image_discriminator.build((None, image_dim))
+            self.intra_text_discriminator.build((None, text_dim))
+            self.inter_image_discriminator.build()
+            self.inter_text_discriminator.build()
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         # Replicas hold identical generator weights, so the first replica's update suffices.
         self.generator_averages = [
@@ -96,10 +127,11 @@ class CMGAN(keras.Model):
 
     # --- inference -------------------------------------------------------------------------
     def encode_image(self, image, training=False):
-        return self.image_generator.encode(image, training=training)
+        """Common representation, float32 whatever the training precision."""
+        return tf.cast(self.image_generator.encode(image, training=training), tf.float32)
 
     def encode_text(self, text, training=False):
-        return self.text_generator.encode(text, training=training)
+        return tf.cast(self.text_generator.encode(text, training=training), tf.float32)
 
     def call(self, inputs, training=False):
         return {"image": self.encode_image(inputs["image"], training=training),
@@ -117,8 +149,11 @@ class CMGAN(keras.Model):
             schedule = keras.optimizers.schedules.ExponentialDecay(
                 hp.learning_rate, decay_steps=hp.lr_halving_epochs * steps_per_epoch
                 * updates_per_iteration, decay_rate=0.5, staircase=True)
-            return keras.optimizers.Adam(schedule, beta_1=hp.beta_1, beta_2=hp.beta_2,
+            adam = keras.optimizers.Adam(schedule, beta_1=hp.beta_1, beta_2=hp.beta_2,
                                          weight_decay=hp.weight_decay or None, name=name)
+            if hp.precision == "mixed_float16":  # float16 gradients underflow unscaled
+                return _ReplicaConsistentLossScaleOptimizer(adam, name=f"{name}_loss_scale")
+            return adam
 
         self.discriminator_optimizers = {
             d: adam(1, f"{d}_discriminator_adam") for d in DISCRIMINATORS}
@@ -179,7 +214,7 @@ class CMGAN(keras.Model):
             + 0.5 * _bce(d_ei(c_t, x, training=True), 0.0) + 0.5 * _bce(wrong_for_image, 0.0),
             "inter_text": _bce(d_et(c_t, t, training=True), 1.0)
             + 0.5 * _bce(d_et(c_x, t, training=True), 0.0) + 0.5 * _bce(wrong_for_text, 0.0),
-        }, tf.reduce_mean(tf.abs(c_x - c_t), axis=-1)
+        }, tf.cast(tf.reduce_mean(tf.abs(c_x - c_t), axis=-1), tf.float32)
 
     def _generator_loss(self, modality: str, batch):
         """G_I: fool the text-conditioned inter D and the image intra D, plus softmax loss;
@@ -191,9 +226,9 @@ class CMGAN(keras.Model):
         own = batch[modality]
         other = self._features(other_modality, batch[other_modality])
         generator = self.generator(modality)
-        common = generator.encode(own, training=True)
+        common = tf.cast(generator.encode(own, training=True), tf.float32)
         semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            batch["label"], generator.classify(common, training=True))
+            batch["label"], tf.cast(generator.classify(common, training=True), tf.float32))
         total = hp.semantic_weight * semantic
         if hp.adversarial_weight:
             inter = self.inter_text_discriminator if modality == "image" else (
@@ -204,8 +239,8 @@ class CMGAN(keras.Model):
             total += hp.adversarial_weight * (
                 _bce(inter(common, other, training=True), 1.0) + _bce(intra(reconstruction), 1.0))
         if hp.pair_loss_weight or hp.invariance_weight:
-            other_common = tf.stop_gradient(self.generator(other_modality).encode_features(
-                other, training=True))
+            other_common = tf.stop_gradient(tf.cast(self.generator(
+                other_modality).encode_features(other, training=True), tf.float32))
             unit, other_unit = tf.math.l2_normalize(common, -1), tf.math.l2_normalize(
                 other_common, -1)
             if hp.pair_loss_weight:
@@ -221,11 +256,14 @@ class CMGAN(keras.Model):
         with tf.GradientTape(persistent=True) as tape:
             per_example, l1 = self._discriminator_losses(batch)
             d_losses = {d: _average(loss) for d, loss in per_example.items()}
+            # Mixed float16: each loss scaled by its optimizer's loss scale (else unchanged).
+            scaled = {d: self.discriminator_optimizers[d].scale_loss(loss)
+                      for d, loss in d_losses.items()}
         if self.hparams.adversarial_weight:  # the no-GAN ablation trains no discriminator
             for d in DISCRIMINATORS:
                 variables = self.discriminator(d).trainable_variables
                 self.discriminator_optimizers[d].apply_gradients(
-                    zip(tape.gradient(d_losses[d], variables), variables))
+                    zip(tape.gradient(scaled[d], variables), variables))
         del tape
         g_losses, semantic_losses = {}, {}
         for _ in range(self.hparams.generator_steps):
@@ -234,10 +272,11 @@ class CMGAN(keras.Model):
                 with tf.GradientTape() as tape:
                     total, semantic = self._generator_loss(g, batch)
                     g_losses[g] = _average(total)
+                    scaled_loss = self.generator_optimizers[g].scale_loss(g_losses[g])
                 semantic_losses[g] = _average(semantic)
                 # Without adversarial terms the decoders get no gradient: leave them out.
                 self.generator_optimizers[g].apply_gradients(
-                    [(grad, v) for grad, v in zip(tape.gradient(g_losses[g], variables),
+                    [(grad, v) for grad, v in zip(tape.gradient(scaled_loss, variables),
                                                   variables) if grad is not None])
         logged = {f"d_{d}_loss": d_losses[d] for d in DISCRIMINATORS}
         logged.update({f"g_{g}_loss": g_losses[g] for g in GENERATORS})

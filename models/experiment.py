@@ -6,6 +6,7 @@ components. Features are z-scored with training statistics (as the pipeline's Tr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -32,28 +33,52 @@ def standardise(dataset: FeatureDataset) -> FeatureDataset:
     return dataclasses.replace(dataset, splits=splits)
 
 
+def backup_folder(backup_dir: str, dataset: FeatureDataset, hparams: CMGANHParams,
+                  data_key: str = "") -> str:
+    """``<backup_dir>/<key>``: the same data and hyperparameters resume; anything else starts
+    afresh beside it rather than restoring state of another training."""
+    key = json.dumps({"dataset": dataset.name, "data": data_key, "hparams": hparams.to_dict(),
+                      "sizes": {name: len(split.label) for name, split in
+                                sorted(dataset.splits.items())}}, sort_keys=True)
+    return os.path.join(backup_dir, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
 def train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, *,
                        strategy: str = "default", output_dir: str | None = None,
-                       verbose: int = 1) -> dict[str, Any]:
+                       verbose: int = 1, backup_dir: str | None = None) -> dict[str, Any]:
     """Fits CM-GAN (epoch chosen on val) and the baselines; returns the metrics document
     for the test split, with the validation figures beside it.
 
     Under ``multi_worker`` only the chief writes to ``output_dir``; another worker does the
-    same writes into a temporary folder that it then deletes."""
+    same writes into a temporary folder that it then deletes.
+
+    ``backup_dir`` (from ``backup_folder``; BackupAndRestore-style): training state saved
+    every epoch, so a killed run started again resumes there; deleted once the outputs are
+    written. A multi-worker run's chief writes it and every worker resumes from it, so it must
+    be a folder all workers read (e.g. gs://)."""
     from models.distribute import worker_name, writes_outputs  # TensorFlow only when training
 
     scratch = None
-    if output_dir and not writes_outputs(strategy):
+    chief = writes_outputs(strategy)
+    if output_dir and not chief:
         output_dir = scratch = tempfile.mkdtemp(prefix=f"cmgan-{worker_name()}-")
     try:
-        return _train_and_evaluate(dataset, hparams, strategy, output_dir, verbose)
+        document = _train_and_evaluate(dataset, hparams, strategy, output_dir, verbose,
+                                       backup_dir)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    if backup_dir and chief:
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(backup_dir):
+            tf.io.gfile.rmtree(backup_dir)
+    return document
 
 
 def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy: str,
-                        output_dir: str | None, verbose: int) -> dict[str, Any]:
+                        output_dir: str | None, verbose: int,
+                        backup_dir: str | None = None) -> dict[str, Any]:
     from models.training import embed, train_cmgan
 
     started = time.time()
@@ -61,7 +86,7 @@ def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy
     train, val, test = (scaled.splits[s] for s in ("train", "val", "test"))
     result = train_cmgan(train, val, dataset.num_classes, hparams, strategy=strategy,
                          log_dir=os.path.join(output_dir, "logs") if output_dir else None,
-                         verbose=verbose)
+                         checkpoint_dir=backup_dir, verbose=verbose)
 
     def cmgan_report(split: Split) -> dict[str, float]:
         return retrieval_report(*embed(result.model, split.image, split.text), split.label)
@@ -72,7 +97,7 @@ def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy
         dataset.name, methods, "test", validation=metrics_document(
             dataset.name, methods, "val")["methods"],
         best_epoch=result.best_epoch, hparams=hparams.to_dict(),
-        wall_time_s=round(time.time() - started, 1))
+        resumed_from_epoch=result.resumed_from_epoch, wall_time_s=round(time.time() - started, 1))
     document["tables"] = methods
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)

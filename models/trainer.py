@@ -15,6 +15,9 @@ whose features ExampleGen computed in Beam, with ``image_feature_encoder_weights
 
 Besides the SavedModel, the Keras weights are written to ``<model artifact>/warm_start/`` so a
 later run can warm start from this model.
+
+Under ``multi_worker`` every worker runs ``run_fn`` alike; only the chief writes the export, the
+reports and the checkpoints, the others write into temporary folders (``output_dirs``).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.distribute import writes_outputs
+from models.distribute import worker_name, writes_outputs
 from models.encoder_kinds import is_keras
 from models.example_codec import read_split
 from models.export import export_serving_model
@@ -89,24 +92,36 @@ def run_fn(fn_args) -> None:
         if tf.io.gfile.exists(source):
             initial_weights = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
             tf.io.gfile.copy(source, initial_weights, overwrite=True)
-    result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
-                         log_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir,
-                         initial_weights=initial_weights)
+    serving_model_dir, run_dir, scratch = output_dirs(fn_args, strategy)
+    try:
+        # A non-chief worker resumes from the chief's checkpoint_dir, saves to its scratch.
+        result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
+                             log_dir=run_dir, checkpoint_dir=checkpoint_dir,
+                             initial_weights=initial_weights)
+        extractor, extractor_size = _image_feature_extractor(config)
+        export_serving_model(result.model, tf_transform_output, serving_model_dir, extractor,
+                             extractor_size)
+        _write_weights(result.model, warm_start_weights_path(serving_model_dir))
+        warm = fn_args.base_model if result.warm_started_from else None
+        _write_report(run_dir, result, hparams, strategy, checkpoint_dir, num_classes, warm)
+        _write_reference_embeddings(run_dir, result, val)
+        _write_common_space(run_dir, result, val)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    chief = writes_outputs(strategy)  # a non-chief of a multi-worker run; see models.distribute
-    export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
-    extractor, extractor_size = _image_feature_extractor(config)
-    export_serving_model(result.model, tf_transform_output, export_dir, extractor,
-                         extractor_size)
-    if not chief:  # every worker exports (the save may need all of them); only the chief keeps it
-        shutil.rmtree(export_dir, ignore_errors=True)
-        return
-    _write_weights(result.model, warm_start_weights_path(fn_args.serving_model_dir))
-    warm = fn_args.base_model if result.warm_started_from else None
-    _write_report(fn_args.model_run_dir, result, hparams, strategy, checkpoint_dir, num_classes,
-                  warm)
-    _write_reference_embeddings(fn_args.model_run_dir, result, val)
-    _write_common_space(fn_args.model_run_dir, result, val)
+
+def output_dirs(fn_args, strategy: str) -> tuple[str, str, str | None]:
+    """(serving model dir, model run dir, scratch folder or None) of this process.
+
+    The chief (or a single process) writes fn_args' folders. Another worker of a multi-worker
+    run does every write too (a save may read distributed variables with collective ops that
+    all workers must join) but into a temporary folder, deleted after, as the TF multi-worker
+    guide prescribes."""
+    if writes_outputs(strategy):
+        return fn_args.serving_model_dir, fn_args.model_run_dir, None
+    scratch = tempfile.mkdtemp(prefix=f"cmgan-trainer-{worker_name()}-")
+    return os.path.join(scratch, "serving_model"), os.path.join(scratch, "model_run"), scratch
 
 
 def _image_feature_extractor(config: dict[str, Any]):

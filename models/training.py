@@ -88,6 +88,8 @@ class _TrainingState(tf.Module):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        # Early stopping's count, so a resumed run stops where an uninterrupted one would.
+        self.validations_without_gain = tf.Variable(0, dtype=tf.int64, trainable=False)
 
 
 class ValidationSelection(keras.callbacks.Callback):
@@ -103,7 +105,6 @@ class ValidationSelection(keras.callbacks.Callback):
         self.state, self.verbose = state, verbose
         self.history: list[dict[str, Any]] = []
         self.best_weights = None
-        self.validations_without_gain = 0
         self.progress = TrainingProgress(total_epochs)
         self.last_manager = self.best_manager = None
         self.checkpoint_dir = checkpoint_dir
@@ -158,15 +159,15 @@ class ValidationSelection(keras.callbacks.Callback):
                 self.state.best_score.assign(score)
                 self.state.best_epoch.assign(done)
                 self.best_weights = _copy_weights(self.model)
-                self.validations_without_gain = 0
+                self.state.validations_without_gain.assign(0)
                 if self.best_manager:
                     self.best_manager.save(checkpoint_number=done)
             else:
-                self.validations_without_gain += 1
+                self.state.validations_without_gain.assign_add(1)
             if averaged:
                 self.model.swap_generator_averages()
             patience = self.hparams.early_stopping_patience
-            if patience and self.validations_without_gain >= patience:
+            if patience and int(self.state.validations_without_gain) >= patience:
                 self.model.stop_training = True
         if self.verbose:  # a live bar on a terminal, else one line per validation
             self.progress.update(done, record, (float(self.state.best_score),

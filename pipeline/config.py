@@ -25,6 +25,7 @@ from models.config_errors import (ConfigError, as_bool, as_float, as_int, check_
                                   check_range)
 from models.distribute import STRATEGIES
 from models.hparams import PRESETS, CMGANHParams, hparams_for_dataset
+from serving.approximate_index import ANN_MIN_ITEMS, DEFAULT_NPROBE
 
 # Pipeline datasets (components/datasets/registry.py): RAW_DATASETS always go to RawExampleGen;
 # "wikipedia" does too with a text encoder other than "features".
@@ -33,6 +34,9 @@ DATASETS = tuple(PIPELINE_DATASETS)
 TEXT_ENCODERS = encoder_kinds.names(encoder_kinds.TEXT)  # models/encoder_kinds.py
 DEFAULT_IMAGE = "cmgan-tfx:latest"  # Kubeflow: an image with this project installed
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+# Beam runners whose workers run on other machines with their own disks (check_beam_storage),
+# as beam_runner names them.
+REMOTE_BEAM_RUNNERS = ("dataflow",)
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 
@@ -129,8 +133,8 @@ class DataConfig:
 class TrainingConfig:
     # Overrides of the preset (models.hparams.hparams_for_dataset) for CMGANHParams.
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    # A named preset of models.hparams.PRESETS ("paper", "general", a dataset's); "" = the
-    # dataset's own, else "general".
+    # A named preset of models.hparams.PRESETS ("paper", "general", "pretrained", a dataset's);
+    # "" = the dataset's own, else "general".
     preset: str = ""
     strategy: str = "default"
     # Start the Trainer from the latest blessed model's weights (when compatible).
@@ -166,9 +170,23 @@ class GalleryConfig:
     enabled: bool = True
     splits: tuple[str, ...] = ("test",)
     data_dir: Optional[str] = None  # a feature folder to take the splits from instead
+    # A gallery modality of at least ann_min_items items (null: never) also gets a faiss IVF
+    # index in the search companion, and `cmgan serve` answers its searches from it
+    # (serving/ann_search.py; TF Serving stays exact): ann_nlist lists (null: about 4 sqrt(N)),
+    # ann_nprobe of them scanned per query. GallerySearch reports its recall@10 vs exact.
+    ann_min_items: Optional[int] = ANN_MIN_ITEMS
+    ann_nlist: Optional[int] = None
+    ann_nprobe: int = DEFAULT_NPROBE
 
     def __post_init__(self):
         object.__setattr__(self, "enabled", as_bool("gallery.enabled", self.enabled))
+        for key in ("ann_min_items", "ann_nlist", "ann_nprobe"):
+            value = getattr(self, key)
+            if value is None and key != "ann_nprobe":
+                continue
+            value = as_int(f"gallery.{key}", value)
+            check_range(f"gallery.{key}", value, 1)
+            object.__setattr__(self, key, value)
         if isinstance(self.splits, str):
             raise ConfigError("gallery.splits", f"must be a list of split names, got the "
                                                 f"string {self.splits!r}")
@@ -425,6 +443,38 @@ def int_in(low: int, high: int):
 def _absolute(path: str) -> str:
     """Local paths become absolute (components may run elsewhere); URIs stay as they are."""
     return path if "://" in path else os.path.abspath(path)
+
+
+def beam_runner(beam_args: Sequence[str]) -> str:
+    """The runner ``beam_args`` name (``--runner=X`` or ``--runner X``) as Beam resolves it
+    (case, a module path and the ``Runner`` suffix dropped): "dataflow", "portable", ...;
+    "" for Beam's default, the DirectRunner."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--runner", default="")
+    name = parser.parse_known_args(list(beam_args))[0].runner.rsplit(".", 1)[-1].lower()
+    return name[:-len("runner")] if name.endswith("runner") else name
+
+
+def check_beam_storage(config: PipelineConfig) -> None:
+    """Refuse what the workers of a REMOTE_BEAM_RUNNERS runner cannot see (a resolved config):
+    a local pipeline root (every Beam stage writes its artifacts there), and the raw image
+    datasets, whose pairs.csv (and the raw demo) the driver reads and writes with local file
+    APIs while the workers open the images by the same paths."""
+    runner = beam_runner(config.beam_args)
+    if runner not in REMOTE_BEAM_RUNNERS:
+        return
+    runner = f"{runner.capitalize()}Runner"
+    if "://" not in config.pipeline_root:
+        raise ConfigError("pipeline_root", f"must be on storage the {runner} workers share "
+                          f"(gs://BUCKET/...), got the local path {config.pipeline_root!r}")
+    if config.data.dataset in RAW_DATASETS:
+        raise ConfigError("dataset", f"{config.data.dataset!r} cannot run on {runner}: its "
+                          "images are read through local paths its workers do not see; run "
+                          "it with a runner whose workers share this filesystem (Flink or "
+                          "Spark through PortableRunner), or precompute its features "
+                          "(dataset 'features')")
 
 
 def _reject_unknown(cls, values: Mapping[str, Any], where: str) -> None:

@@ -28,6 +28,8 @@ from components.schema_curator.component import SchemaCurator
 from models.encoder_kinds import is_keras
 from models.preprocessing import transform_config
 from pipeline import node_ids
+from pipeline.config import check_beam_storage
+from serving.approximate_index import ANN_MIN_ITEMS, DEFAULT_NPROBE
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
@@ -98,6 +100,9 @@ def create_pipeline(
         search_directory: Optional[str] = None,
         gallery_splits: Sequence[str] = ("test",),
         gallery_dir: Optional[str] = None,
+        ann_min_items: Optional[int] = ANN_MIN_ITEMS,
+        ann_nlist: Optional[int] = None,
+        ann_nprobe: int = DEFAULT_NPROBE,
         span_pattern: Optional[str] = None,
         span_window: int = 1,
         eval_span: str = "first",
@@ -105,7 +110,8 @@ def create_pipeline(
         raw_inputs: Optional[Mapping[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; does no I/O. ``push_directory`` is ``<serving_root>/<model_name>``;
-    ``search_directory`` (None: no GallerySearch) the search companion's base path.
+    ``search_directory`` (None: no GallerySearch) the search companion's base path;
+    ``ann_*``: its approximate index (pipeline.config.GalleryConfig)
     ``raw_inputs`` (None: a feature dataset): RawExampleGen's encoder settings, keys
     image_encoder, image_encoder_weights, image_size, text_encoder, max_quarantine_fraction."""
     example_gen = _example_gen(dataset, data_dir, seed, val_fraction, span_pattern, span_window,
@@ -166,7 +172,8 @@ def create_pipeline(
         components.append(GallerySearch(
             pushed_model=pusher.outputs["pushed_model"], examples=examples,
             search_directory=search_directory, gallery_splits=gallery_splits,
-            gallery_dir=gallery_dir).with_id(node_ids.GALLERY_SEARCH))
+            gallery_dir=gallery_dir, ann_min_items=ann_min_items, ann_nlist=ann_nlist,
+            ann_nprobe=ann_nprobe).with_id(node_ids.GALLERY_SEARCH))
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -190,6 +197,7 @@ def _image_feature_encoder(raw_inputs: Optional[Mapping[str, Any]], seed: int) -
 def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """create_pipeline with every argument taken from a (resolved) PipelineConfig."""
     config = config.resolved()
+    check_beam_storage(config)
     hparams = config.cmgan_hparams()
     return create_pipeline(
         pipeline_name=config.pipeline_name,
@@ -210,6 +218,9 @@ def create_pipeline_from_config(config, metadata_connection_config=None) -> tfx.
         search_directory=config.search_directory if config.gallery.enabled else None,
         gallery_splits=config.gallery.splits,
         gallery_dir=config.gallery.data_dir,
+        ann_min_items=config.gallery.ann_min_items,
+        ann_nlist=config.gallery.ann_nlist,
+        ann_nprobe=config.gallery.ann_nprobe,
         span_pattern=config.data.span_pattern,
         span_window=config.data.span_window,
         eval_span=config.data.eval_span,
@@ -223,6 +234,7 @@ def create_data_pipeline_from_config(config, metadata_connection_config=None, *,
     the same ExampleGen (with its quarantine) and data_stages, nothing after the AnomaliesGate.
     ``pipeline_name`` (default: the config's) keeps such runs apart from full runs in MLMD."""
     config = config.resolved()
+    check_beam_storage(config)
     data = config.data
     example_gen = _example_gen(data.dataset, data.data_dir, data.seed, data.val_fraction,
                                data.span_pattern, data.span_window, data.eval_span,

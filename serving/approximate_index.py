@@ -3,10 +3,12 @@
 Why: the search servable (serving/search_model.py) scores every gallery item in-graph (matmul +
 ``tf.math.top_k``). That is exact and runs in the stock TF Serving, but its cost grows with the
 gallery: about 4 GiB of variables and a full scan per query at 1M items of 1024-d. TF Serving
-cannot run faiss in-graph, so beyond about a million items the client (or a sidecar beside the
-server) takes the embeddings that the ``encode_*`` signatures return and searches this index
-instead. The exact ``search_*`` signatures stay the reference: ``recall_at_k`` of this index
-against ``exact_search`` is what ``benchmarks/ann_recall.py`` measures.
+cannot run faiss in-graph, so a gallery modality of at least ``ann_min_items`` items (a pipeline
+setting, default ``ANN_MIN_ITEMS``) also gets this index inside the search servable's version,
+and the project's server (``cmgan serve``, serving/ann_search.py) answers that modality's
+``search_*`` signatures from it; the stock server keeps answering the same signatures exactly.
+The index records its recall@10 against ``exact_search`` at build time (``record_recall``),
+which GallerySearch reports; ``benchmarks/ann_recall.py`` sweeps ``nprobe``.
 
 The index is an inverted file (``IndexIVFFlat``, or ``IndexIVFScalarQuantizer`` with 8-bit codes
 for a quarter of the memory) over the L2-normalised embeddings: spherical k-means puts the
@@ -36,6 +38,8 @@ ANN_MIN_ITEMS = 1_000_000  # galleries at least this large get an index beside t
 ANN_DIR = os.path.join("assets.extra", "ann_index")  # inside the search servable's version
 ENCODINGS = ("flat", "sq8")
 DEFAULT_NPROBE = 32
+RECALL_K = 10  # recall@10 against exact search is what an index records about itself
+RECALL_QUERIES = 1000  # queries sampled for it: enough for +-0.01, seconds at 1M items
 _FILES = {"index": "index.faiss", "ids": "ids.npy", "labels": "labels.npy", "meta": "index.json"}
 _EXACT_CHUNK_ELEMENTS = 1 << 25  # [queries, G] float32 scores per chunk of exact_search
 
@@ -169,6 +173,24 @@ class ApproximateIndex:
         index, scores = self.search_indices(queries, k, nprobe)
         return self.ids[index], self.labels[index], scores
 
+    def record_recall(self, embeddings: np.ndarray, queries: np.ndarray, k: int = RECALL_K,
+                      max_queries: int = RECALL_QUERIES, seed: int = 0) -> float:
+        """recall@k of this index (at its own ``nprobe``) against ``exact_search`` over
+        ``embeddings`` (the gallery it was built from), on at most
+        ``max_queries`` rows sampled from ``queries``; kept in ``meta`` (and so saved) as
+        ``recall_at_<k>`` with ``recall_queries``."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if len(queries) == 0:
+            raise ValueError("need at least one query to measure recall")
+        if len(queries) > max_queries:
+            rows = np.random.default_rng(seed).choice(len(queries), max_queries, replace=False)
+            queries = queries[np.sort(rows)]
+        exact, _ = exact_search(_unit_rows(embeddings), queries, k)
+        approx, _ = self.search_indices(queries, k)
+        recall = recall_at_k(approx, exact, k)
+        self.meta.update({f"recall_at_{k}": round(recall, 4), "recall_queries": len(queries)})
+        return recall
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str) -> str:
         """Writes the index, ids, labels and a JSON description to ``directory`` (local
@@ -204,6 +226,16 @@ class ApproximateIndex:
         ids = np.load(os.path.join(directory, _FILES["ids"]), allow_pickle=False)
         labels = np.load(os.path.join(directory, _FILES["labels"]), allow_pickle=False)
         return cls(index, ids, labels, meta)
+
+
+def read_meta(search_export_dir: str, modality: str) -> dict | None:
+    """The JSON description (kind, nlist, nprobe, count, recall_at_10, ...) of the index beside
+    a search servable version, without loading it; None if that gallery had none."""
+    path = os.path.join(index_dir(search_export_dir, modality), _FILES["meta"])
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_for_servable(search_export_dir: str, modality: str) -> ApproximateIndex | None:

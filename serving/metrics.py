@@ -24,6 +24,10 @@ which writes ``/tensorflow/serving/request_count`` as ``:tensorflow:serving:requ
   for loads also ``fail``: retried later, and ``end``: given up or refused, TF Serving's END).
 - ``:cmgan:serving:available_versions`` (gauge): versions of each model now being served.
 - ``:cmgan:serving:version_available`` (gauge): 1 per model version now being served.
+- With ``--enable-batching`` (serving/batching.py), TF's batching metrics, labels ``model_name``
+  and ``op_name`` (the signature): ``:tensorflow:serving:batching:batch_size`` (histogram of the
+  rows per batch, TF's buckets 1.5^i) and ``:tensorflow:serving:batching:processed_batch_size_v2``
+  (counter of batches per ``batch_size`` run, after padding to ``allowed_batch_sizes``).
 
 Label values a client chooses are bounded: a request for a model the server does not know is
 counted with ``model_name=""``, a signature the answering version lacks with
@@ -223,6 +227,8 @@ LATENCY_BUCKETS_US = exponential_buckets(10, 1.8, 33)  # TF Serving's request_la
 REQUEST_LABELS = ("model_name", "version", "signature_name", "API", "entrypoint")
 PREDICT_API = "Predict"
 GRPC, REST = "GRPC", "REST"  # TF Serving's ``entrypoint`` label values
+BATCH_LABELS = ("model_name", "op_name")  # TF's batching metrics; op_name: the signature here
+BATCH_SIZE_BUCKETS = exponential_buckets(1, 1.5, 20)  # TF's batching/batch_size buckets
 LOAD, UNLOAD = "load", "unload"
 SUCCESS, FAIL, END = "success", "fail", "end"
 
@@ -249,6 +255,14 @@ class ServingMetrics:
         self.version_available = self.registry.gauge(
             ":cmgan:serving:version_available", "1 for each model version being served now.",
             ("model_name", "version"))
+        # --enable-batching (serving/batching.py): TF's batching metrics, op_name = signature.
+        self.batch_size = self.registry.histogram(
+            ":tensorflow:serving:batching:batch_size", "Tracks the batch size distribution on "
+            "the batch result by model_name (if available).", BATCH_LABELS, BATCH_SIZE_BUCKETS)
+        self.processed_batch_size = self.registry.counter(
+            ":tensorflow:serving:batching:processed_batch_size_v2", "Tracks the batch size on "
+            "processing by model_name and op name (if available).",
+            BATCH_LABELS + ("batch_size",))
 
     def record_request(self, model_name: str, version: str, signature_name: str,
                        entrypoint: str, status: str, latency_us: Optional[float] = None,
@@ -260,6 +274,13 @@ class ServingMetrics:
         self.request_count.inc(status=status, **labels)
         if status == "OK" and latency_us is not None:
             self.request_latency.observe(max(0.0, latency_us), **labels)
+
+    def record_batch(self, model_name: str, op_name: str, size: int, padded_size: int) -> None:
+        """One batch run by the batcher: its rows (``batch_size``), and the size it ran at after
+        padding to ``allowed_batch_sizes`` (``processed_batch_size_v2``, counted per size)."""
+        labels = dict(model_name=model_name, op_name=op_name)
+        self.batch_size.observe(size, **labels)
+        self.processed_batch_size.inc(batch_size=str(padded_size), **labels)
 
     def record_version_event(self, model_name: str, version: int, event: str,
                              outcome: str) -> None:
@@ -354,13 +375,10 @@ def parse_monitoring_config(text: str, source: str = "monitoring config") -> Pro
 
 
 def read_monitoring_config(path: str) -> PrometheusSettings:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise MonitoringConfigError(f"cannot read the monitoring config {path}: "
-                                    f"{getattr(error, 'strerror', None) or error}") from None
-    return parse_monitoring_config(text, path)
+    from serving.servable import read_config_text  # pylint: disable=C0415
+
+    return parse_monitoring_config(
+        read_config_text(path, "monitoring config", MonitoringConfigError), path)
 
 
 def monitoring_config_text(enable: bool = True, path: str = DEFAULT_PROMETHEUS_PATH) -> str:

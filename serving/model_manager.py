@@ -27,6 +27,7 @@ from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import prediction_log_pb2
 
 from models.export import load_serving_model
+from serving.ann_search import load_indexes
 from serving.config_files import ModelEntry, read_model_config
 from serving.metrics import END, FAIL, LOAD, SUCCESS, UNLOAD, ServingMetrics
 from serving.predict import run_predict
@@ -52,7 +53,8 @@ def load_servable(name: str, version: int, path: str) -> Servable:
     signature_defs = {name: signature for name, signature
                       in saved_model.meta_graphs[0].signature_def.items()
                       if name in loaded.signatures}
-    servable = Servable(name, version, path, dict(loaded.signatures), signature_defs, loaded)
+    servable = Servable(name, version, path, dict(loaded.signatures), signature_defs, loaded,
+                        approximate=load_indexes(path, signature_defs))
     warm_up(servable)
     return servable
 

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import predict_pb2
 from models.image_decoding import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, image_format,
                                    image_size_problem)
 from models.signatures import SERVING_DEFAULT
+from serving.ann_search import approximate_search
 from serving.servable import Servable, ServingError
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
@@ -171,22 +172,34 @@ def _check_images(inputs: dict[str, np.ndarray], limits: Limits) -> None:
 
 
 def run_predict(servable: Servable, request, limits: Limits = Limits(),
-                should_stop: Optional[Callable[[], Optional[ServingError]]] = None
-                ) -> predict_pb2.PredictResponse:
+                should_stop: Optional[Callable[[], Optional[ServingError]]] = None,
+                batcher=None) -> predict_pb2.PredictResponse:
     """Runs one Predict on a servable; TensorFlow errors keep their canonical code.
 
     ``should_stop`` is asked before each chunk of ``limits.chunk_rows`` rows; the error it
-    returns (deadline passed, client gone) is raised as ``Stopped`` and no more rows run."""
+    returns (deadline passed, client gone) is raised as ``Stopped`` and no more rows run.
+    ``batcher`` (serving/batching.py, ``--enable-batching``): a signature whose outputs all
+    have a batch dimension runs as part of one call merged with concurrent requests."""
     name, signature = signature_def(servable, request.model_spec.signature_name)
     inputs = prepare_inputs(signature, request, limits)
     _check_images(inputs, limits)
     outputs = _output_filter(signature, request)
+    approximate = _approximate_search(servable, name, inputs, outputs)
+    if approximate is not None:  # the gallery's faiss index answers (serving/ann_search.py)
+        return _response(servable, name, outputs, [approximate])
     batch_keys = [a for a, v in inputs.items()
                   if v.ndim and signature.inputs[a].tensor_shape.dim[0].size < 0]
     rows = inputs[batch_keys[0]].shape[0] if batch_keys else 0
     step = max(1, limits.chunk_rows)
-    starts = range(0, rows, step) if rows and batch_keys and _batched(signature) else [None]
+    batchable = bool(rows and batch_keys and _batched(signature))
+    starts = range(0, rows, step) if batchable else [None]
     parts = []
+    if batcher is not None and batchable:
+        starts = []  # one batched call instead of chunks
+        parts.append(batcher.run(
+            (servable.name, servable.version, name), inputs, batch_keys,
+            lambda batch: _call(servable, name, batch, list(signature.outputs)),
+            _stopped_while_queued(should_stop, rows), (servable.name, name)))
     for start in starts:
         if should_stop is not None:
             stop = should_stop()
@@ -195,12 +208,13 @@ def run_predict(servable: Servable, request, limits: Limits = Limits(),
                 raise Stopped(stop.code, f"{stop} (stopped after {done} of {rows} rows)")
         chunk = {k: (v[start:start + step] if start is not None and k in batch_keys else v)
                  for k, v in inputs.items()}
-        try:
-            results = servable.signatures[name](**{k: tf.constant(v) for k, v in chunk.items()})
-        except tf.errors.OpError as error:
-            raise ServingError(_grpc_code(error.error_code),
-                               _readable(error.message)) from error
-        parts.append({alias: results[alias].numpy() for alias in outputs})
+        parts.append(_call(servable, name, chunk, outputs))
+    return _response(servable, name, outputs, parts)
+
+
+def _response(servable: Servable, name: str, outputs: list[str],
+              parts: list[dict[str, np.ndarray]]) -> predict_pb2.PredictResponse:
+    """The PredictResponse of ``outputs``, concatenated over the rows of ``parts``."""
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -210,6 +224,36 @@ def run_predict(servable: Servable, request, limits: Limits = Limits(),
                  np.concatenate([part[alias] for part in parts]))
         response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
     return response
+
+
+def _approximate_search(servable: Servable, name: str, inputs: dict[str, np.ndarray],
+                        outputs: list[str]) -> Optional[dict[str, np.ndarray]]:
+    """serving/ann_search.py's answer (None: the signature runs in-graph); the encoder's
+    TensorFlow errors keep their canonical code."""
+    try:
+        return approximate_search(servable, name, inputs, outputs)
+    except tf.errors.OpError as error:
+        raise ServingError(_grpc_code(error.error_code), _readable(error.message)) from error
+
+
+def _call(servable: Servable, name: str, inputs: dict[str, np.ndarray],
+          outputs: list[str]) -> dict[str, np.ndarray]:
+    """One signature call; TensorFlow errors become ServingErrors with their canonical code."""
+    try:
+        results = servable.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+    except tf.errors.OpError as error:
+        raise ServingError(_grpc_code(error.error_code), _readable(error.message)) from error
+    return {alias: results[alias].numpy() for alias in outputs}
+
+
+def _stopped_while_queued(should_stop, rows: int):
+    """``should_stop`` for a request waiting for its batch: its error becomes ``Stopped``."""
+    def check() -> Optional[Stopped]:
+        stop = should_stop() if should_stop is not None else None
+        return None if stop is None else Stopped(
+            stop.code, f"{stop} (stopped before its {rows} rows were computed in a batch)")
+
+    return check
 
 
 _NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "defined at")

@@ -328,10 +328,10 @@ class RestApi:
     """The answers of the REST API, as (HTTP status, JSON object); no HTTP here."""
 
     def __init__(self, manager: ModelManager, options: ServerOptions = ServerOptions(),
-                 stats: Optional[RequestStats] = None):
+                 stats: Optional[RequestStats] = None, batcher=None):
         self.manager = manager
         self.prediction = PredictionService(manager, options.request_timeout_s,
-                                            options.limits(), stats)
+                                            options.limits(), stats, batcher)
         self.models = ModelService(manager)
         # At most --workers predictions at once, as the gRPC server's thread pool.
         self.slots = threading.BoundedSemaphore(max(1, options.max_workers))
@@ -539,13 +539,14 @@ class _Server(http.server.ThreadingHTTPServer):
 def make_server(manager: ModelManager, options: RestOptions,
                 server_options: ServerOptions = ServerOptions(),
                 stats: Optional[RequestStats] = None,
-                monitoring: Optional[metrics.PrometheusSettings] = None
-                ) -> http.server.ThreadingHTTPServer:
+                monitoring: Optional[metrics.PrometheusSettings] = None,
+                batcher=None) -> http.server.ThreadingHTTPServer:
     """The REST server, bound but not yet serving: run ``serve_forever`` (e.g. on a thread).
     ``monitoring`` (enabled): the Prometheus page at its path, as TF Serving's
-    ``--monitoring_config_file``; otherwise that path is 404 like any unknown one."""
+    ``--monitoring_config_file``; otherwise that path is 404 like any unknown one.
+    ``batcher``: the gRPC server's (serving/batching.py), so REST predictions join its batches."""
     handler = type("BoundRestHandler", (Handler,), {
-        "api": RestApi(manager, server_options, stats), "options": options,
+        "api": RestApi(manager, server_options, stats, batcher), "options": options,
         "timeout": options.connection_timeout_s,
         "metrics_path": monitoring.path if monitoring and monitoring.enabled else None})
     try:

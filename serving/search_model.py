@@ -14,7 +14,12 @@ TF Serving answers it as well as ``serving/server.py`` does. Signatures:
   size returns the whole gallery.
 
 The gallery is stored in the version's variables and, for people (web page, report), in
-``assets.extra/gallery_items.jsonl``; serving/gallery.py writes and reads both.
+``assets.extra/gallery_items.jsonl``; serving/gallery.py writes and reads both. A gallery
+modality of at least ``ann_min_items`` items also gets a faiss index in
+``assets.extra/ann_index/<modality>/`` (serving/approximate_index.py). The in-graph search stays
+in the SavedModel all the same: the stock tensorflow_model_server cannot run faiss and answers
+every ``search_*`` signature exactly from it, while ``cmgan serve`` answers the indexed
+modalities from the index (serving/ann_search.py).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from models.signatures import (EMBEDDING_KEY, ENCODE_IMAGE, ENCODE_IMAGE_BYTES, 
                                ENCODE_TEXT_STRING, IDS_KEY, K_KEY, LABELS_KEY,
                                RAW_SEARCH_SIGNATURES, SCORES_KEY, SEARCH_EMBEDDING, SEARCH_IMAGE,
                                SEARCH_IMAGE_BYTES, SEARCH_TEXT, TARGET_KEY, encode_signature)
-from serving.approximate_index import ANN_MIN_ITEMS, ApproximateIndex, index_dir
+from serving.approximate_index import ANN_MIN_ITEMS, DEFAULT_NPROBE, ApproximateIndex, index_dir
 from serving.gallery import (MODALITIES, GalleryPart, gallery_variables, variable_tensors,
                              write_gallery_items)
 from serving.servable import WARMUP_FILE
@@ -190,14 +195,17 @@ _WARMUP_PNG = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
 
 def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], export_dir: str,
                         encoder=None, ann_min_items: int | None = ANN_MIN_ITEMS,
-                        gallery_items=None) -> str:
+                        gallery_items=None, ann_nlist: int | None = None,
+                        ann_nprobe: int = DEFAULT_NPROBE) -> str:
     """Writes the search SavedModel to ``export_dir`` atomically (a sibling temporary folder
     renamed into place), so a server polling the base path never sees half a version.
 
     A gallery modality of at least ``ann_min_items`` items (None: never) also gets an
     approximate index in ``assets.extra/ann_index/<modality>/`` of the same version
-    (serving/approximate_index.py): TF Serving cannot run it, a client or sidecar searches it
-    with the embeddings ``encode_*`` returns."""
+    (serving/approximate_index.py; ``ann_nlist`` lists, None: about 4 sqrt(N), searched with
+    ``ann_nprobe``), which records its recall@10 against the exact search for queries of the
+    other modality (the cross-modal queries it will answer). ``cmgan serve`` answers that
+    modality's ``search_*`` signatures from it; TF Serving cannot run it and stays exact."""
     encoder = encoder if encoder is not None else load_serving_model(encoder_dir)
     module = SearchModule(encoder, gallery)
     parent = os.path.dirname(os.path.abspath(export_dir))
@@ -210,8 +218,12 @@ def export_search_model(encoder_dir: str, gallery: dict[str, GalleryPart], expor
             write_gallery_items(staging, gallery_items)
         for modality, part in gallery.items():
             if ann_min_items is not None and len(part) >= ann_min_items:
-                ApproximateIndex.build(part.embeddings, part.ids, part.labels).save(
-                    index_dir(staging, modality))
+                index = ApproximateIndex.build(part.embeddings, part.ids, part.labels,
+                                               nlist=ann_nlist, nprobe=ann_nprobe)
+                others = [p for m, p in gallery.items() if m != modality and len(p)]
+                index.record_recall(part.embeddings,
+                                    others[0].embeddings if others else part.embeddings)
+                index.save(index_dir(staging, modality))
         os.rename(staging, export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,8 @@
 """A loaded model version (``Servable``) and the error answered with a gRPC status code.
 
 Shared by serving/model_manager.py, which loads servables, and serving/predict.py, which runs
-requests on them.
+requests on them; ``read_config_text`` by the readers of TF Serving's configuration files
+(batching, monitoring).
 """
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ class Servable:
     signatures: Mapping[str, Callable]  # signature name -> concrete function
     signature_defs: Mapping  # signature name -> SignatureDef proto (from saved_model.pb)
     loaded: object  # keeps the restored object (and its variables) alive
+    # gallery modality -> ApproximateIndex of a search servable (serving/ann_search.py)
+    approximate: Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+
+def read_config_text(path: str, what: str, error: type[Exception]) -> str:
+    """The text of a configuration file, or ``error`` naming the file (``what`` it is) and
+    why it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as problem:
+        raise error(f"cannot read the {what} {path}: "
+                    f"{getattr(problem, 'strerror', None) or problem}") from None

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from models.image_decoding import DEFAULT_MAX_IMAGE_PIXELS
 from models.signatures import SERVING_DEFAULT
+from serving.batching import Batcher
 from serving.metrics import GRPC, ServingMetrics
 from serving.model_manager import ModelManager
 from serving.predict import Limits, Stopped, run_predict
@@ -80,12 +81,15 @@ def _deadline_exceeded(budget_s: float) -> ServingError:
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, request_timeout_s: float,
-                 limits: Limits = Limits(), stats: Optional[RequestStats] = None):
+                 limits: Limits = Limits(), stats: Optional[RequestStats] = None,
+                 batcher: Optional[Batcher] = None):
+        """``batcher``: server-side batching (serving/batching.py), shared by gRPC and REST."""
         self.manager = manager
         self.request_timeout_s = request_timeout_s
         self.limits = limits
         self.stats = stats if stats is not None else RequestStats()
         self.metrics = getattr(manager, "metrics", None) or ServingMetrics()
+        self.batcher = batcher
 
     def Predict(self, request, context):
         return _answer(context, lambda: self.predict(request, context))
@@ -140,7 +144,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return None
 
         try:
-            response = run_predict(servable, request, self.limits, should_stop)
+            response = run_predict(servable, request, self.limits, should_stop, self.batcher)
         except Stopped as stopped:
             self.stats.record_cancelled(str(stopped))
             log.info("Predict %s/%s stopped: %s (%d cancelled so far)",
@@ -219,15 +223,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def start_server(manager: ModelManager, options: ServerOptions = ServerOptions(),
-                 stats: Optional[RequestStats] = None) -> tuple[grpc.Server, int]:
+                 stats: Optional[RequestStats] = None,
+                 batcher: Optional[Batcher] = None) -> tuple[grpc.Server, int]:
     """Starts serving ``manager``'s models; returns the server and the port it bound.
-    ``stats`` (optional) receives the counters, e.g. of cancelled requests."""
+    ``stats`` (optional) receives the counters, e.g. of cancelled requests; ``batcher``
+    merges concurrent Predict requests (``--enable-batching``)."""
     message_options = [("grpc.max_receive_message_length", options.max_message_bytes),
                        ("grpc.max_send_message_length", options.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.max_workers),
                          options=message_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, options.request_timeout_s, options.limits(), stats), server)
+        PredictionService(manager, options.request_timeout_s, options.limits(), stats,
+                          batcher), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
     if port == 0:
@@ -238,13 +245,14 @@ def start_server(manager: ModelManager, options: ServerOptions = ServerOptions()
 
 
 def serve_forever(manager: ModelManager, options: ServerOptions,
-                  on_ready: Optional[callable] = None) -> None:
-    """Loads, serves until SIGINT/SIGTERM, then drains in-flight requests."""
+                  on_ready: Optional[callable] = None,
+                  batcher: Optional[Batcher] = None) -> None:
+    """Loads, serves until SIGINT/SIGTERM, then drains in-flight requests (and batches)."""
     import signal  # pylint: disable=import-outside-toplevel
     import threading  # pylint: disable=import-outside-toplevel
 
     manager.start()
-    server, port = start_server(manager, options)
+    server, port = start_server(manager, options, batcher=batcher)
     if on_ready:
         on_ready(port)
     stopped = threading.Event()
@@ -252,4 +260,6 @@ def serve_forever(manager: ModelManager, options: ServerOptions,
         signal.signal(sig, lambda *_: stopped.set())
     stopped.wait()
     server.stop(grace=5).wait()
+    if batcher is not None:
+        batcher.stop()
     manager.stop()

@@ -90,6 +90,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout_s: float = 60) -> None:
+    """Asks a process to stop with ``sig``, kills it after ``timeout_s``; every wait bounded."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def prediction_stub(address: str):
+    """A TF Serving PredictionService stub on ``address``; its channel closed at the end."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
 @contextlib.contextmanager
 def cmgan_addresses(command: str, ready_prefix: str, *args: str,
                     timeout_s: float = START_TIMEOUT_S):
@@ -124,12 +145,7 @@ def cmgan_addresses(command: str, ready_prefix: str, *args: str,
                 break
         yield addresses
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process, signal.SIGTERM)
 
 
 @contextlib.contextmanager

@@ -118,6 +118,18 @@ def test_k_larger_than_gallery_and_short_lists():
     assert recall_at_k(found_ids, ids[exact[:, :50]], 50) == pytest.approx(1.0)
 
 
+def test_record_recall_samples_queries_and_keeps_the_figure(tmp_path, index, gallery, queries):
+    recall = index.record_recall(gallery[0], queries, max_queries=50)
+    rows = np.sort(np.random.default_rng(0).choice(len(queries), 50, replace=False))
+    exact, _ = exact_search(gallery[0], queries[rows], K)
+    assert recall == recall_at_k(index.search_indices(queries[rows], K)[0], exact, K)
+    assert (index.meta["recall_at_10"], index.meta["recall_queries"]) == (round(recall, 4), 50)
+    assert ApproximateIndex.load(index.save(str(tmp_path / "ann"))).meta["recall_at_10"] == (
+        round(recall, 4))
+    with pytest.raises(ValueError, match="at least one query"):
+        index.record_recall(gallery[0], np.zeros((0, DIM)))
+
+
 def test_bad_input(index):
     with pytest.raises(ValueError, match="k must be at least 1"):
         index.search(np.ones((1, DIM)), 0)
@@ -169,6 +181,8 @@ def test_search_export_writes_the_index_beside_a_large_gallery(tmp_path):
                         ann_min_items=100)
     assert load_for_servable(export_dir, "text") is None
     ann = load_for_servable(export_dir, "image")
+    # recall@10 vs exact, recorded at export for queries of the other modality (all 20)
+    assert ann.meta["recall_queries"] == 20 and 0.0 < ann.meta["recall_at_10"] <= 1.0
     queries = clustered(5, seed=10)[0]
     served = tf.saved_model.load(export_dir).signatures["search_embedding"](
         embedding=tf.constant(queries), target=tf.constant("image"), k=tf.constant(K))

@@ -2,14 +2,19 @@
 
 Two worker processes on 127.0.0.1 form a MultiWorkerMirroredStrategy cluster (TF_CONFIG) with
 real collective ops over gRPC. Both must finish, end with identical weights, and only the
-chief (worker 0) may write to the output folder.
+chief (worker 0) may write to the output folder. A worker killed mid-training, and the cluster
+started again (what a TFJob does), resumes from the chief's backup, not from epoch 0.
 """
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -37,40 +42,66 @@ def tf_config(ports: list[int], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def run_workers(args: list[str], workdir: Path, count: int = 2) -> list[dict]:
+def start_worker(args: list[str], workdir: Path, ports: list[int], index: int,
+                 attempt: int = 0) -> dict:
+    """Worker `index` of the cluster on `ports`; its output in <workdir>/worker<i>[.<attempt>]."""
+    name = f"worker{index}" + (f".{attempt}" if attempt else "")
+    tmp = workdir / f"tmp{index}" / str(attempt)  # its own TMPDIR: what it leaves is visible
+    tmp.mkdir(parents=True)
+    env = {**os.environ, "TF_CONFIG": tf_config(ports, index), "TMPDIR": str(tmp),
+           "PYTHONPATH": os.pathsep.join(
+               [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "CUDA_VISIBLE_DEVICES": ""}
+    stdout, stderr = open(workdir / f"{name}.out", "w"), open(workdir / f"{name}.err", "w")
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=workdir,
+                               env=env, stdout=stdout, stderr=stderr, text=True)
+    return {"index": index, "process": process, "tmp": tmp, "files": (stdout, stderr),
+            "out": workdir / f"{name}.out", "err": workdir / f"{name}.err"}
+
+
+def finish(worker: dict, timeout_s: float = 30) -> dict:
+    """Waits (bounded) for a worker, kills it if still running, reads its output."""
+    try:
+        worker["rc"] = worker["process"].wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        worker["rc"] = None
+        worker["process"].kill()
+        worker["process"].wait(timeout=30)
+    for f in worker["files"]:
+        f.close()
+    worker["stdout"], worker["stderr"] = worker["out"].read_text(), worker["err"].read_text()
+    return worker
+
+
+def run_workers(args: list[str], workdir: Path, count: int = 2, ports: list[int] | None = None,
+                attempt: int = 0) -> list[dict]:
     """Starts `count` workers of one cluster, waits (bounded) for all, kills any left."""
-    ports = free_ports(count)
+    ports = ports or free_ports(count)
     workers = []
+    deadline = time.monotonic() + TIMEOUT_S
     try:
         for index in range(count):
-            tmp = workdir / f"tmp{index}"  # the worker's own TMPDIR: what it leaves is visible
-            tmp.mkdir()
-            env = {**os.environ, "TF_CONFIG": tf_config(ports, index), "TMPDIR": str(tmp),
-                   "PYTHONPATH": os.pathsep.join(
-                       [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                   "CUDA_VISIBLE_DEVICES": ""}
-            stdout = open(workdir / f"worker{index}.out", "w")
-            stderr = open(workdir / f"worker{index}.err", "w")
-            process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=workdir,
-                                       env=env, stdout=stdout, stderr=stderr, text=True)
-            workers.append({"index": index, "process": process, "tmp": tmp,
-                            "files": (stdout, stderr)})
-        for worker in workers:
-            try:
-                worker["rc"] = worker["process"].wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                worker["rc"] = None
+            workers.append(start_worker(args, workdir, ports, index, attempt))
     finally:
         for worker in workers:
-            if worker["process"].poll() is None:
-                worker["process"].kill()
-                worker["process"].wait(timeout=30)
-            for f in worker["files"]:
-                f.close()
-    for worker in workers:
-        worker["stdout"] = (workdir / f"worker{worker['index']}.out").read_text()
-        worker["stderr"] = (workdir / f"worker{worker['index']}.err").read_text()
+            finish(worker, max(1.0, deadline - time.monotonic()))
     return workers
+
+
+def assert_finished(workers: list[dict]) -> None:
+    for worker in workers:
+        assert worker["rc"] == 0, (f"worker {worker['index']} rc={worker['rc']}\n"
+                                   + worker["stdout"][-2000:] + worker["stderr"][-4000:])
+
+
+def last_checkpoint_epoch(backup_root: Path) -> int:
+    """Epoch of the newest "last" checkpoint the chief has written under --backup-dir."""
+    epochs = [0]
+    for state in backup_root.glob("*/last/checkpoint"):
+        match = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', state.read_text(), re.M)
+        if match:
+            epochs.append(int(match.group(1)))
+    return max(epochs)
 
 
 def log_file(stdout: str) -> Path:
@@ -95,9 +126,7 @@ def test_two_workers_train_alike_and_only_the_chief_writes(tiny_feature_dir, tmp
     workers = run_workers(["train", "--dataset", "features", "--data-dir",
                            str(tiny_feature_dir), "--epochs", "2", "--strategy",
                            "multi_worker", "--output-dir", str(out), *hparams], tmp_path)
-    for worker in workers:
-        assert worker["rc"] == 0, (f"worker {worker['index']} rc={worker['rc']}\n"
-                                   + worker["stdout"][-2000:] + worker["stderr"][-4000:])
+    assert_finished(workers)
 
     chief, other = workers
     # Identical weights on both workers (each logs a checksum), so identical results.
@@ -133,6 +162,61 @@ def test_two_workers_train_alike_and_only_the_chief_writes(tiny_feature_dir, tmp
     assert log_file(other["stdout"]).is_relative_to(other["tmp"])
 
 
+KILL_AFTER_EPOCH = 2  # kill once the chief has backed up this many epochs (of RESUME_EPOCHS)
+RESUME_EPOCHS = 5
+RESUMED = re.compile(r"^resumed from checkpoint at epoch (\d+)/(\d+)$", re.M)
+LOST_PEER_WAIT_S = 120  # how long the surviving worker may take to notice its peer is gone
+
+
+def test_a_killed_worker_restarted_with_the_cluster_resumes_from_the_backup(tiny_feature_dir,
+                                                                             tmp_path):
+    out, backup = tmp_path / "out", tmp_path / "backup"
+    hparams = [f"--hparam={k}={v}" for k, v in TINY_HPARAMS.items() if k != "epochs"]
+    args = ["train", "--dataset", "features", "--data-dir", str(tiny_feature_dir), "--epochs",
+            str(RESUME_EPOCHS), "--strategy", "multi_worker", "--output-dir", str(out),
+            "--backup-dir", str(backup), "--hparam=early_stopping_patience=0", *hparams]
+    ports = free_ports(2)  # the cluster's addresses stay (as a TFJob's services do)
+    workers = [start_worker(args, tmp_path, ports, index) for index in range(2)]
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (last_checkpoint_epoch(backup) < KILL_AFTER_EPOCH and time.monotonic() < deadline
+               and all(w["process"].poll() is None for w in workers)):
+            time.sleep(0.1)
+        killed_at = last_checkpoint_epoch(backup)
+        running = all(w["process"].poll() is None for w in workers)
+        if running:
+            workers[1]["process"].send_signal(signal.SIGKILL)
+    finally:
+        # The chief's collective ops lose their peer: it fails (TF's health check) or hangs.
+        finish(workers[0], LOST_PEER_WAIT_S)
+        finish(workers[1])
+    assert running and KILL_AFTER_EPOCH <= killed_at < RESUME_EPOCHS, (
+        f"not killed mid-training (backed up epoch {killed_at})\n"
+        + "\n".join(w["stdout"][-1000:] + w["stderr"][-3000:] for w in workers))
+    assert workers[1]["rc"] == -signal.SIGKILL
+    assert workers[0]["rc"] != 0  # it did not finish without its peer
+    assert not (out / "metrics.json").exists()
+
+    # Start the cluster again, as a TFJob restarts failed replicas: both resume.
+    restarted = run_workers(args, tmp_path, ports=ports, attempt=1)
+    assert_finished(restarted)
+    resumed = {RESUMED.search(w["stdout"]).groups() for w in restarted
+               if RESUMED.search(w["stdout"])}
+    assert len(resumed) == 1, [w["stdout"][-1500:] for w in restarted]
+    epoch, total = map(int, resumed.pop())
+    assert total == RESUME_EPOCHS and killed_at <= epoch < RESUME_EPOCHS
+    for worker in restarted:  # only the epochs after the backup were trained again
+        trained = [int(n) for n in re.findall(r"epoch (\d+)/\d+ ", worker["stdout"])]
+        assert trained and min(trained) == epoch + 1 and max(trained) == RESUME_EPOCHS, trained
+    checksums = {CHECKSUM.findall(log_file(w["stdout"]).read_text())[-1] for w in restarted}
+    assert len({c for c, _ in checksums}) == 1  # identical weights again
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["resumed_from_epoch"] == epoch
+    assert 1 <= document["best_epoch"] <= RESUME_EPOCHS
+    # Training finished: the backup is deleted.
+    assert list(backup.iterdir()) == []
+
+
 @pytest.mark.parametrize("config, chief", [
     (None, True),
     ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
@@ -152,3 +236,33 @@ def test_is_chief(monkeypatch, config, chief):
     assert is_chief() is chief
     assert writes_outputs("multi_worker") is chief
     assert writes_outputs("default") is True  # a single process always writes
+
+
+def test_trainer_outputs_of_a_non_chief_go_to_a_scratch_folder(monkeypatch, tmp_path):
+    """The Trainer's run_fn writes where models.trainer.output_dirs says: fn_args' folders for
+    the chief, a temporary folder (which run_fn deletes) for another worker. Unit level: a
+    two-process Trainer needs a Transform output and two TFT processes, too heavy here."""
+    from models.trainer import output_dirs
+
+    fn_args = types.SimpleNamespace(serving_model_dir=str(tmp_path / "model" / "Format-Serving"),
+                                    model_run_dir=str(tmp_path / "model_run"))
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    for index, chief in ((0, True), (1, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                    "task": {"type": "worker", "index": index}}))
+        serving, run, scratch = output_dirs(fn_args, "multi_worker")
+        if chief:
+            assert (serving, run, scratch) == (fn_args.serving_model_dir,
+                                               fn_args.model_run_dir, None)
+            continue
+        assert Path(scratch).parent == tmp_path / "tmp"
+        assert Path(scratch).name.startswith("cmgan-trainer-worker1-")
+        assert Path(serving).parent == Path(scratch) == Path(run).parent
+        assert serving != run
+    monkeypatch.delenv("TF_CONFIG")
+    assert output_dirs(fn_args, "multi_worker")[2] is None  # no cluster: a single process
+    assert output_dirs(fn_args, "mirrored")[:2] == (fn_args.serving_model_dir,
+                                                   fn_args.model_run_dir)

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 
 from pipeline import cli
 from serving import config_files
-from conftest import START_TIMEOUT_S, cmgan_addresses, free_port
+from conftest import START_TIMEOUT_S, cmgan_addresses, free_port, prediction_stub
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "probe"
@@ -83,9 +83,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stub(server):
-    channel = grpc.insecure_channel(server["grpc"])
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
+    with prediction_stub(server["grpc"]) as service:
+        yield service
 
 
 def rest(server, method: str, path: str, body=None, headers=None):

@@ -9,6 +9,13 @@ staging folder and renamed into place, under the Pusher's version number.
 Gallery: the ``gallery_splits`` of the pipeline's raw examples (default: test), or of a feature
 folder (``gallery_dir``, as written by components.datasets.write_feature_folder) when given.
 Nothing is written when the Pusher pushed nothing.
+
+Large galleries: a modality of at least ``ann_min_items`` items also gets a faiss index in the
+version (serving/search_model.py), which ``cmgan serve`` answers its searches from. Its recall@10
+against the exact search is reported on the ``search_model`` artifact (custom properties
+``<modality>_search``: approximate | exact, and ``<modality>_ann_recall_at_10``) and in
+``<search_model uri>/gallery_search.json`` (per modality: items, search, index, nlist, nprobe,
+recall_at_10, recall_queries).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.gallery_search.executor import Executor
+from serving.approximate_index import ANN_MIN_ITEMS, DEFAULT_NPROBE
 
 
 class GallerySearchSpec(ComponentSpec):
@@ -27,6 +35,9 @@ class GallerySearchSpec(ComponentSpec):
         "search_directory": ExecutionParameter(type=str),
         "gallery_splits": ExecutionParameter(type=str),  # comma-separated split names
         "gallery_dir": ExecutionParameter(type=str, optional=True),
+        "ann_min_items": ExecutionParameter(type=int, optional=True),  # None: no index
+        "ann_nlist": ExecutionParameter(type=int, optional=True),  # None: about 4 sqrt(N)
+        "ann_nprobe": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         "pushed_model": ChannelParameter(type=standard_artifacts.PushedModel),
@@ -45,9 +56,12 @@ class GallerySearch(base_component.BaseComponent):
 
     def __init__(self, pushed_model: types.BaseChannel, examples: types.BaseChannel,
                  search_directory: str, gallery_splits: Sequence[str] = ("test",),
-                 gallery_dir: Optional[str] = None):
+                 gallery_dir: Optional[str] = None,
+                 ann_min_items: Optional[int] = ANN_MIN_ITEMS, ann_nlist: Optional[int] = None,
+                 ann_nprobe: int = DEFAULT_NPROBE):
         spec = GallerySearchSpec(
             pushed_model=pushed_model, examples=examples, search_directory=search_directory,
             gallery_splits=",".join(gallery_splits), gallery_dir=gallery_dir,
+            ann_min_items=ann_min_items, ann_nlist=ann_nlist, ann_nprobe=ann_nprobe,
             search_model=types.Channel(type=standard_artifacts.PushedModel))
         super().__init__(spec=spec)

@@ -22,9 +22,14 @@ from models.example_codec import read_split, split_files
 from models.export import load_serving_model
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 from models.signatures import encode_signature
+from serving.approximate_index import RECALL_K, read_meta
+from serving.gallery import MODALITIES
 from serving.search_model import encode_gallery, export_search_model, input_spec
 
 PUSHED_KEY, DESTINATION_KEY, VERSION_KEY = "pushed", "pushed_destination", "pushed_version"
+REPORT_FILE = "gallery_search.json"  # in the search_model artifact's uri
+ANN_FLAGS = {"ann_min_items": "--ann-min-items", "ann_nlist": "--ann-nlist",
+             "ann_nprobe": "--ann-nprobe"}
 TEXT_SNIPPET_CHARS = 300
 
 
@@ -104,6 +109,9 @@ class Executor(base_executor.BaseExecutor):
                        "--class-names", _string_property(examples, CLASS_NAMES_PROPERTY) or "[]"]
             if exec_properties.get("gallery_dir"):
                 command += ["--gallery-dir", exec_properties["gallery_dir"]]
+            for key, flag in ANN_FLAGS.items():
+                if exec_properties.get(key) is not None:
+                    command += [flag, str(exec_properties[key])]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"GallerySearch: exporting {export_dir} failed:\n"
@@ -113,6 +121,33 @@ class Executor(base_executor.BaseExecutor):
         search_model.set_int_custom_property(PUSHED_KEY, 1)
         search_model.set_string_custom_property(DESTINATION_KEY, export_dir)
         search_model.set_string_custom_property(VERSION_KEY, version)
+        report_search_paths(search_model, export_dir, exec_properties.get("ann_min_items"))
+
+
+def report_search_paths(search_model, export_dir: str, ann_min_items) -> dict:
+    """Which gallery modalities ``cmgan serve`` searches approximately, and the recall@10 of
+    their indexes against exact search (as recorded in the version at export): custom
+    properties ``<modality>_search`` and ``<modality>_ann_recall_at_10``, and REPORT_FILE."""
+    report = {"export_dir": export_dir, "ann_min_items": ann_min_items, "modalities": {}}
+    for modality in MODALITIES:
+        meta = read_meta(export_dir, modality)
+        entry = {"search": "exact" if meta is None else "approximate"}
+        if meta is not None:
+            recall = meta.get(f"recall_at_{RECALL_K}")
+            entry.update({"items": meta["count"], "index": meta["kind"], "nlist": meta["nlist"],
+                          "nprobe": meta["nprobe"], f"recall_at_{RECALL_K}": recall,
+                          "recall_queries": meta.get("recall_queries")})
+            if recall is not None:
+                search_model.set_float_custom_property(
+                    f"{modality}_ann_recall_at_{RECALL_K}", float(recall))
+            logging.info("GallerySearch: %s searched with %s (nprobe %d): recall@%d %s vs exact",
+                         modality, meta["kind"], meta["nprobe"], RECALL_K, recall)
+        search_model.set_string_custom_property(f"{modality}_search", entry["search"])
+        report["modalities"][modality] = entry
+    os.makedirs(search_model.uri, exist_ok=True)
+    with open(os.path.join(search_model.uri, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
 
 
 def _string_property(artifact, name: str) -> str:
@@ -122,16 +157,18 @@ def _string_property(artifact, name: str) -> str:
 
 def export(model_dir: str, examples_uri: str, splits: str, export_dir: str,
            gallery_dir: str | None = None, image_size: int = 0,
-           class_names: list[str] | None = None) -> int:
-    """Encodes the gallery with the pushed model and writes the search servable; returns the
-    number of gallery items (both modalities)."""
+           class_names: list[str] | None = None, **ann) -> int:
+    """Encodes the gallery with the pushed model and writes the search servable (``ann``:
+    export_search_model's ann_min_items, ann_nlist, ann_nprobe); returns the number of gallery
+    items (both modalities)."""
     encoder = load_serving_model(model_dir)
     parts = gallery_splits(encoder, examples_uri, [s for s in splits.split(",") if s],
                            gallery_dir, image_size)
     gallery = encode_gallery(encoder, parts)
     export_search_model(model_dir, gallery, export_dir, encoder=encoder,
                         gallery_items=gallery_items(parts, class_names or [],
-                                                    0 if gallery_dir else image_size))
+                                                    0 if gallery_dir else image_size),
+                        **ann)
     return sum(len(p) for p in gallery.values())
 
 
@@ -142,6 +179,11 @@ if __name__ == "__main__":
     parser.add_argument("--gallery-dir")
     parser.add_argument("--image-size", type=int, default=0)
     parser.add_argument("--class-names", default="[]", help="JSON list")
+    parser.add_argument("--ann-min-items", type=int, help="none given: no index")
+    parser.add_argument("--ann-nlist", type=int)
+    parser.add_argument("--ann-nprobe", type=int)
     args = parser.parse_args()
+    ann = {"ann_min_items": args.ann_min_items, "ann_nlist": args.ann_nlist,
+           **({"ann_nprobe": args.ann_nprobe} if args.ann_nprobe else {})}
     print(export(args.model_dir, args.examples_uri, args.splits, args.export_dir,
-                 args.gallery_dir, args.image_size, json.loads(args.class_names)))
+                 args.gallery_dir, args.image_size, json.loads(args.class_names), **ann))

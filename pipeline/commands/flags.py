@@ -10,7 +10,11 @@ from typing import Any, Callable, Optional
 
 from models.distribute import STRATEGIES
 from models.hparams import PRESETS
-from pipeline.config import DATASETS, PipelineConfig, load_config
+from pipeline.config import DATASETS, PipelineConfig, check_beam_storage, load_config
+
+PRESET_HELP = ("hyperparameter preset: paper (CMGAN.md), general (the default for datasets "
+               "without their own), pretrained (strong pretrained features, a few hundred "
+               "pairs), or a dataset's")
 
 # Flags that set PipelineConfig.with_overrides keywords of the same name (--beam-arg sets
 # beam_args, --hparam and --epochs hparams). A command has only some of them; the ones it lacks
@@ -65,8 +69,7 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="any CMGANHParams field; repeatable")
     parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
     parser.add_argument("--preset", choices=PRESETS,
-                        help="hyperparameter preset: paper (CMGAN.md), general (the default "
-                             "for datasets without their own), or a dataset's")
+                        help=PRESET_HELP)
     parser.add_argument("--map-threshold", type=float,
                         help="validation mean MAP needed to push (default 0.0)")
     parser.add_argument("--map-margin", type=float,
@@ -146,6 +149,9 @@ def config_from_args(args: argparse.Namespace, *, dataset: Optional[str] = None,
     hparams = dict(getattr(args, "hparam", None) or [])
     if getattr(args, "epochs", None) is not None:
         hparams["epochs"] = args.epochs
-    return load_config(args.config, adjust=adjust, hparams=hparams,
-                       beam_args=getattr(args, "beam_arg", None),
-                       kubeflow=_kubeflow_overrides(args), **overrides)
+    config = load_config(args.config, adjust=adjust, hparams=hparams,
+                         beam_args=getattr(args, "beam_arg", None),
+                         kubeflow=_kubeflow_overrides(args), **overrides)
+    if hasattr(args, "beam_arg"):  # a pipeline command: refuse what Beam workers cannot see
+        check_beam_storage(config)
+    return config

@@ -31,6 +31,9 @@ def serve(args: argparse.Namespace) -> int:
     monitoring = None if args.write_config else _monitoring(args)
     if isinstance(monitoring, int):
         return monitoring
+    batching = None if args.write_config else _batching(args)
+    if isinstance(batching, int):
+        return batching
     from serving import config_files
     from serving.model_manager import ModelManager
     from serving.server import ServerOptions, serve_forever
@@ -47,6 +50,11 @@ def serve(args: argparse.Namespace) -> int:
                            poll_seconds=args.poll_seconds,
                            max_load_retries=args.max_load_retries,
                            allow_signature_change=args.allow_signature_change)
+    batcher = None
+    if batching is not None:
+        from serving.batching import Batcher
+
+        batcher = Batcher(batching, manager.metrics)
     options = ServerOptions(host=args.host, port=args.port,
                             max_message_bytes=args.max_message_mb << 20,
                             request_timeout_s=args.request_timeout_s,
@@ -54,13 +62,15 @@ def serve(args: argparse.Namespace) -> int:
                             max_image_pixels=args.max_image_pixels or None)
 
     try:  # bound before anything loads, so a taken port fails at once
-        rest_server = (_rest_api(args, manager, options, monitoring) if args.rest_api_port
-                       else None)
+        rest_server = (_rest_api(args, manager, options, monitoring, batcher)
+                       if args.rest_api_port else None)
     except OSError as error:
         print(f"cmgan serve: {error}", file=sys.stderr)
         return 1
 
     def on_ready(port: int) -> None:
+        if batching is not None:
+            print(f"server-side batching: {_describe(batching)}", flush=True)
         if rest_server is not None:  # before "serving ...": that line means every API is up
             import threading
 
@@ -74,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
         if args.web_port is not None:
             _start_web_page(args, port)
 
-    serve_forever(manager, options, on_ready=on_ready)
+    serve_forever(manager, options, on_ready=on_ready, batcher=batcher)
     if rest_server is not None:
         rest_server.shutdown()
         rest_server.server_close()
@@ -100,7 +110,37 @@ def _monitoring(args: argparse.Namespace):
     return settings if settings.enabled else None
 
 
-def _rest_api(args: argparse.Namespace, manager, options, monitoring=None):
+def _batching(args: argparse.Namespace):
+    """``--enable-batching [--batching-parameters-file F]``: the BatchingParameters (TF's
+    defaults without a file, as TF Serving); None when off; an exit status (2, with one line)
+    when the file cannot be used or is given without --enable-batching."""
+    if not args.enable_batching:
+        if args.batching_parameters_file:
+            print("cmgan serve: --batching-parameters-file needs --enable-batching",
+                  file=sys.stderr)
+            return 2
+        return None
+    from serving.batching import (BatchingConfigError, BatchingParameters,
+                                  read_batching_parameters)
+
+    if not args.batching_parameters_file:
+        return BatchingParameters()
+    try:
+        return read_batching_parameters(args.batching_parameters_file)
+    except BatchingConfigError as error:
+        print(f"cmgan serve: {error}", file=sys.stderr)
+        return 2
+
+
+def _describe(parameters) -> str:
+    sizes = ", ".join(map(str, parameters.allowed_batch_sizes)) or "any"
+    return (f"max_batch_size {parameters.max_batch_size}, batch_timeout_micros "
+            f"{parameters.batch_timeout_micros}, num_batch_threads "
+            f"{parameters.num_batch_threads}, max_enqueued_batches "
+            f"{parameters.max_enqueued_batches}, allowed_batch_sizes {sizes}")
+
+
+def _rest_api(args: argparse.Namespace, manager, options, monitoring=None, batcher=None):
     """``--rest-api-port``: TF Serving's REST API (serving/rest_api.py) over the same models,
     limits and deadline as gRPC, bound to ``--host``; served on a daemon thread once ready.
     ``monitoring``: the Prometheus page too (``--monitoring-config-file``)."""
@@ -109,7 +149,7 @@ def _rest_api(args: argparse.Namespace, manager, options, monitoring=None):
     max_body_mb = args.rest_api_max_body_mb or args.max_message_mb
     return make_server(manager, RestOptions(host=args.host, port=args.rest_api_port,
                                             max_body_bytes=max_body_mb << 20), options,
-                       monitoring=monitoring)
+                       monitoring=monitoring, batcher=batcher)
 
 
 def _start_web_page(args: argparse.Namespace, grpc_port: int) -> None:
@@ -138,11 +178,16 @@ def _write_configs(args: argparse.Namespace) -> int:
     entries = config_files.default_entries(base, args.model_name, args.num_versions)
     config_path = config_files.write_model_config(
         os.path.join(args.write_config, "models.config"), entries)
+    # TF Serving batches every model of a server and refuses scalar inputs when it does, so a
+    # batching server gets the encoders only; the search companion (scalar target, k) not.
+    encoders_path = config_files.write_model_config(
+        os.path.join(args.write_config, "encoders.config"),
+        [entry for entry in entries if entry.name == args.model_name])
     batching_path = config_files.write_batching_parameters(
         os.path.join(args.write_config, "batching_parameters.txt"))
     monitoring_path = config_files.write_monitoring_config(
         os.path.join(args.write_config, "monitoring.config"))
-    print(f"wrote {config_path}, {batching_path} and {monitoring_path}")
+    print(f"wrote {config_path}, {encoders_path}, {batching_path} and {monitoring_path}")
     return 0
 
 
@@ -236,6 +281,16 @@ def register(subparsers) -> None:
                               help="TF Serving MonitoringConfig text file (prometheus_config "
                                    "{ enable: true, path: \"/monitoring/prometheus/metrics\" "
                                    "}): Prometheus metrics at that path on --rest-api-port")
+    serve_parser.add_argument("--enable-batching", action="store_true",
+                              help="server-side batching, as TF Serving's --enable_batching: "
+                                   "concurrent Predict requests for the same model version and "
+                                   "signature (gRPC and REST) run as one call")
+    serve_parser.add_argument("--batching-parameters-file", metavar="FILE",
+                              help="TF Serving BatchingParameters text file (max_batch_size, "
+                                   "batch_timeout_micros, num_batch_threads, "
+                                   "max_enqueued_batches, allowed_batch_sizes), e.g. the "
+                                   "batching_parameters.txt of --write-config (default: TF's "
+                                   "defaults)")
     serve_parser.add_argument("--num-versions", type=int, default=0,
                               help="keep the N highest versions loaded (default: all)")
     serve_parser.add_argument("--poll-seconds", type=float, default=2.0,
@@ -266,8 +321,9 @@ def register(subparsers) -> None:
                                    "(0 picks a free one)")
     serve_parser.add_argument("--write-config", metavar="DIR",
                               help="instead of serving, write models.config, "
-                                   "batching_parameters.txt and monitoring.config for "
-                                   "tensorflow/serving into DIR")
+                                   "encoders.config (without the search companion, for a "
+                                   "batching server), batching_parameters.txt and "
+                                   "monitoring.config for tensorflow/serving into DIR")
     serve_parser.add_argument("--container-base-path", default="/models",
                               help="with --write-config: where the serving root is mounted in "
                                    "the container (default: %(default)s)")

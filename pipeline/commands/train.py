@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 
 from pipeline import console
 from models.hparams import PRESETS
-from pipeline.commands.flags import key_value
+from pipeline.commands.flags import PRESET_HELP, key_value
 
 
 def register(subparsers) -> None:
@@ -28,12 +29,19 @@ def register(subparsers) -> None:
                         metavar="KEY=VALUE",
                         help="any CMGANHParams field; repeatable")
     parser.add_argument("--preset", default=None, choices=PRESETS,
-                        help="hyperparameter preset: paper (CMGAN.md), general, or a dataset's "
-                             "(default: the dataset's own, else general)")
+                        help=PRESET_HELP)
     parser.add_argument("--strategy", default="default",
                         choices=("default", "mirrored", "multi_worker"),
                         help="tf.distribute strategy; multi_worker: run once per worker with "
                              "TF_CONFIG (README), only the chief writes --output-dir")
+    backup = parser.add_mutually_exclusive_group()
+    backup.add_argument("--backup-dir", default=None,
+                        help="training state saved every epoch, so a killed run started again "
+                             "with the same flags resumes; deleted when training finishes "
+                             "(default <output-dir>/backup; multi_worker: a folder every worker "
+                             "reads, the chief writes it)")
+    backup.add_argument("--no-backup", action="store_true",
+                        help="save no training state (a killed run starts from epoch 0)")
     parser.add_argument("--seed", type=int, default=0, help="dataset split seed")
     parser.set_defaults(func=train)
 
@@ -41,7 +49,7 @@ def register(subparsers) -> None:
 def train(args: argparse.Namespace) -> int:
     from components.datasets import load_dataset
     from components.datasets.registry import PIPELINE_DATASETS
-    from models.experiment import print_tables, train_and_evaluate
+    from models.experiment import backup_folder, print_tables, train_and_evaluate
     from models.hparams import hparams_for_dataset
 
     reader = PIPELINE_DATASETS[args.dataset].feature_reader
@@ -62,11 +70,25 @@ def train(args: argparse.Namespace) -> int:
     with console.stage(f"load {args.dataset}", 1, 2):
         dataset = load_dataset(reader, args.data_dir, seed=args.seed)
     print(dataset.summary(), flush=True)
+    backup_root = args.backup_dir or os.path.join(output_dir, "backup")
+    backup_dir = None if args.no_backup else backup_folder(
+        backup_root, dataset, hparams, data_key=json.dumps([args.dataset, args.data_dir,
+                                                            args.seed]))
     with console.stage("train CM-GAN and baselines", 2, 2) as counts:
         document = train_and_evaluate(dataset, hparams, strategy=args.strategy,
-                                      output_dir=output_dir)
+                                      output_dir=output_dir, backup_dir=backup_dir)
         counts["best epoch"] = f"{document['best_epoch']}/{hparams.epochs}"
+    if chief and backup_dir and not args.backup_dir:
+        _remove_if_empty(backup_root)
     print_tables(document)
     written = "" if chief else " (written by the chief)"
     print(f"\nmetrics: {os.path.abspath(os.path.join(output_dir, 'metrics.json'))}{written}")
     return 0
+
+
+def _remove_if_empty(folder: str) -> None:
+    """The default <output-dir>/backup once its last run's backup is deleted."""
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
+        tf.io.gfile.rmtree(folder)
