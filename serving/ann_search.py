@@ -30,7 +30,7 @@ import tensorflow as tf
 from models.signatures import (EMBEDDING_KEY, ENCODE_IMAGE, ENCODE_TEXT, IDS_KEY, K_KEY,
                                LABELS_KEY, RAW_SEARCH_SIGNATURES, SCORES_KEY, SEARCH_EMBEDDING,
                                SEARCH_IMAGE, SEARCH_PARAMETERS, SEARCH_TEXT, TARGET_KEY)
-from serving.approximate_index import ApproximateIndex, load_for_servable
+from serving.approximate_index import RECALL_K, ApproximateIndex, load_for_servable
 from serving.gallery import MODALITIES
 from serving.servable import Servable, ServingError
 
@@ -55,8 +55,8 @@ def load_indexes(path: str, signature_defs: Mapping) -> dict[str, ApproximateInd
                                  f"embeddings but the servable's are {dims[-1].size}-d")
     for modality, index in indexes.items():
         log.info("%s: %s gallery searched with its approximate index (%s, %d items, nprobe %d, "
-                 "recall@10 %s at export)", path, modality, index.meta.get("kind"), len(index),
-                 index.nprobe, index.meta.get("recall_at_10", "not measured"))
+                 "recall@%d %s at export)", path, modality, index.meta.get("kind"), len(index),
+                 index.nprobe, RECALL_K, index.meta.get(f"recall_at_{RECALL_K}", "not measured"))
     return indexes
 
 

@@ -8,6 +8,7 @@ in chunks so a request whose deadline passed (or whose client went away) stops b
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable, Optional
@@ -184,7 +185,8 @@ def run_predict(servable: Servable, request, limits: Limits = Limits(),
     inputs = prepare_inputs(signature, request, limits)
     _check_images(inputs, limits)
     outputs = _output_filter(signature, request)
-    approximate = _approximate_search(servable, name, inputs, outputs)
+    with _canonical_codes():  # the query encoder's errors
+        approximate = approximate_search(servable, name, inputs, outputs)
     if approximate is not None:  # the gallery's faiss index answers (serving/ann_search.py)
         return _response(servable, name, outputs, [approximate])
     batch_keys = [a for a, v in inputs.items()
@@ -192,15 +194,13 @@ def run_predict(servable: Servable, request, limits: Limits = Limits(),
     rows = inputs[batch_keys[0]].shape[0] if batch_keys else 0
     step = max(1, limits.chunk_rows)
     batchable = bool(rows and batch_keys and _batched(signature))
-    starts = range(0, rows, step) if batchable else [None]
-    parts = []
-    if batcher is not None and batchable:
-        starts = []  # one batched call instead of chunks
-        parts.append(batcher.run(
+    if batcher is not None and batchable:  # one call merged with concurrent requests
+        return _response(servable, name, outputs, [batcher.run(
             (servable.name, servable.version, name), inputs, batch_keys,
             lambda batch: _call(servable, name, batch, list(signature.outputs)),
-            _stopped_while_queued(should_stop, rows), (servable.name, name)))
-    for start in starts:
+            _stopped_while_queued(should_stop, rows), (servable.name, name))])
+    parts = []
+    for start in range(0, rows, step) if batchable else [None]:
         if should_stop is not None:
             stop = should_stop()
             if stop is not None:
@@ -226,23 +226,20 @@ def _response(servable: Servable, name: str, outputs: list[str],
     return response
 
 
-def _approximate_search(servable: Servable, name: str, inputs: dict[str, np.ndarray],
-                        outputs: list[str]) -> Optional[dict[str, np.ndarray]]:
-    """serving/ann_search.py's answer (None: the signature runs in-graph); the encoder's
-    TensorFlow errors keep their canonical code."""
+@contextlib.contextmanager
+def _canonical_codes():
+    """TensorFlow errors raised inside become ServingErrors with their canonical code."""
     try:
-        return approximate_search(servable, name, inputs, outputs)
+        yield
     except tf.errors.OpError as error:
         raise ServingError(_grpc_code(error.error_code), _readable(error.message)) from error
 
 
 def _call(servable: Servable, name: str, inputs: dict[str, np.ndarray],
           outputs: list[str]) -> dict[str, np.ndarray]:
-    """One signature call; TensorFlow errors become ServingErrors with their canonical code."""
-    try:
+    """One signature call."""
+    with _canonical_codes():
         results = servable.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-    except tf.errors.OpError as error:
-        raise ServingError(_grpc_code(error.error_code), _readable(error.message)) from error
     return {alias: results[alias].numpy() for alias in outputs}
 
 

@@ -22,7 +22,7 @@ from models.example_codec import read_split, split_files
 from models.export import load_serving_model
 from models.preprocessing import ID_KEY, IMAGE_KEY, LABEL_KEY, TEXT_KEY
 from models.signatures import encode_signature
-from serving.approximate_index import RECALL_K, read_meta
+from serving.approximate_index import DEFAULT_NPROBE, RECALL_K, read_meta
 from serving.gallery import MODALITIES
 from serving.search_model import encode_gallery, export_search_model, input_spec
 
@@ -181,9 +181,9 @@ if __name__ == "__main__":
     parser.add_argument("--class-names", default="[]", help="JSON list")
     parser.add_argument("--ann-min-items", type=int, help="none given: no index")
     parser.add_argument("--ann-nlist", type=int)
-    parser.add_argument("--ann-nprobe", type=int)
+    parser.add_argument("--ann-nprobe", type=int, default=DEFAULT_NPROBE)
     args = parser.parse_args()
-    ann = {"ann_min_items": args.ann_min_items, "ann_nlist": args.ann_nlist,
-           **({"ann_nprobe": args.ann_nprobe} if args.ann_nprobe else {})}
     print(export(args.model_dir, args.examples_uri, args.splits, args.export_dir,
-                 args.gallery_dir, args.image_size, json.loads(args.class_names), **ann))
+                 args.gallery_dir, args.image_size, json.loads(args.class_names),
+                 ann_min_items=args.ann_min_items, ann_nlist=args.ann_nlist,
+                 ann_nprobe=args.ann_nprobe))
