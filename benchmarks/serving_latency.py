@@ -120,14 +120,17 @@ def drive(target: str, call, clients: int, requests: int) -> dict[str, float]:
 
 
 def floor(fn, inputs: dict, repeats: int) -> dict[str, float]:
+    """One in-process thread calling the signature directly: latencies and single queries/s."""
     for _ in range(10):
         fn(**inputs)
     latencies = []
+    first = time.perf_counter()
     for _ in range(repeats):
         started = time.perf_counter()
         fn(**inputs)
         latencies.append(time.perf_counter() - started)
-    return percentiles(latencies)
+    return {**percentiles(latencies),
+            "requests_per_s": round(repeats / (time.perf_counter() - first), 1)}
 
 
 def start_server(config_file: str, *extra_flags: str) -> tuple[subprocess.Popen, str]:
@@ -143,35 +146,24 @@ def start_server(config_file: str, *extra_flags: str) -> tuple[subprocess.Popen,
 
 
 # --------------------------------------------------------------------------- batching
-def single_thread_rps(fn, inputs: dict, repeats: int) -> float:
-    """Single queries per second of one in-process thread calling the signature directly."""
-    for _ in range(10):
-        fn(**inputs)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn(**inputs)
-    return round(repeats / (time.perf_counter() - started), 1)
-
-
-def batching_cells(root: Path, entries: list[config_files.ModelEntry], plain_target: str,
-                   local: dict, query_text: np.ndarray, requests: int, clients: int = 8,
+def batching_cells(root: Path, entries: list[config_files.ModelEntry], results: dict,
+                   query_text: np.ndarray, requests: int, clients: int = 8,
                    size: int = 10_000) -> dict:
     """Search over ``size`` items and encode, ``clients`` concurrent clients of one query each,
-    with server-side batching off (``plain_target``) and on (a second ``cmgan serve
-    --enable-batching`` reading the batching_parameters.txt ``cmgan serve --write-config``
-    writes), against one in-process thread answering single queries. Keys ``*_batching`` are
-    with batching; ``ratio_8c_to_inprocess`` is search requests/s with batching over the
-    in-process rate (goal >= 2.0: merged queries are one matrix product)."""
+    with server-side batching off (``results``' figures of the plain server) and on (a second
+    ``cmgan serve --enable-batching`` reading the batching_parameters.txt ``cmgan serve
+    --write-config`` writes), against one in-process thread answering single queries
+    (``results``' in-process floors). Keys ``*_batching`` are with batching;
+    ``ratio_8c_to_inprocess`` is search requests/s with batching over the in-process rate
+    (goal >= 2.0: merged queries are one matrix product)."""
     name = f"g{size}"
     search_name = config_files.search_model_name(name)
-    query = tf.constant(query_text)
+    plain = {"search": results["search"][f"{size}_{clients}_clients"],
+             "encode": results["encode"][f"{clients}_clients"]}
     cells = {
-        "inprocess_single_query_rps": single_thread_rps(
-            local[search_name].signatures["search_text"],
-            {"text": query, "target": tf.constant("image"), "k": tf.constant(K_RESULTS)},
-            requests),
-        "inprocess_single_encode_rps": single_thread_rps(
-            local[ENCODER].signatures["encode_text"], {"text": query}, requests)}
+        "inprocess_single_query_rps": results["in_process_floor"][f"search_{size}"][
+            "requests_per_s"],
+        "inprocess_single_encode_rps": results["in_process_floor"]["encode"]["requests_per_s"]}
     parameters_file = config_files.write_batching_parameters(
         str(root / "batching_parameters.txt"))
     config_file = config_files.write_model_config(  # the encoder and this gallery only
@@ -180,19 +172,19 @@ def batching_cells(root: Path, entries: list[config_files.ModelEntry], plain_tar
     process, batching_target = start_server(config_file, "--enable-batching",
                                             "--batching-parameters-file", parameters_file)
     try:
-        for suffix, target in (("", plain_target), ("_batching", batching_target)):
-            search = drive(target, lambda c: c.search(name, query_text, query_kind="text",
-                                                      target="image", k=K_RESULTS),
-                           clients, requests)
-            encode = drive(target, lambda c: c.encode(ENCODER, "text", query_text), clients,
-                           requests)
-            cells[f"search10k_8c_rps{suffix}"] = search["requests_per_s"]
-            cells[f"search10k_8c_p99_ms{suffix}"] = search["p99_ms"]
-            cells[f"encode_8c_rps{suffix}"] = encode["requests_per_s"]
-            cells[f"encode_8c_p99_ms{suffix}"] = encode["p99_ms"]
+        batched = {"search": drive(batching_target, lambda c: c.search(
+            name, query_text, query_kind="text", target="image", k=K_RESULTS), clients,
+            requests), "encode": drive(batching_target, lambda c: c.encode(
+                ENCODER, "text", query_text), clients, requests)}
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    for suffix, measured in (("", plain), ("_batching", batched)):
+        search, encode = measured["search"], measured["encode"]
+        cells[f"search10k_8c_rps{suffix}"] = search["requests_per_s"]
+        cells[f"search10k_8c_p99_ms{suffix}"] = search["p99_ms"]
+        cells[f"encode_8c_rps{suffix}"] = encode["requests_per_s"]
+        cells[f"encode_8c_p99_ms{suffix}"] = encode["p99_ms"]
     single = cells["inprocess_single_query_rps"]
     cells["ratio_8c_to_inprocess"] = round(cells["search10k_8c_rps_batching"] / single, 2)
     cells["ratio_8c_to_inprocess_no_batching"] = round(cells["search10k_8c_rps"] / single, 2)
@@ -321,14 +313,14 @@ def main() -> int:
                 search_fn = local[config_files.search_model_name(name)].signatures["search_text"]
                 results["in_process_floor"][f"search_{size}"] = floor(
                     search_fn, {**encode_inputs, "target": tf.constant("image"),
-                                "k": tf.constant(10)}, args.requests)
+                                "k": tf.constant(K_RESULTS)}, args.requests)
                 for clients in (1, 8):
                     results["search"][f"{size}_{clients}_clients"] = drive(
                         target, lambda c, n=name: c.search(n, query_text, query_kind="text",
-                                                           target="image", k=10),
+                                                           target="image", k=K_RESULTS),
                         clients, args.requests)
             if 10_000 in args.sizes:  # server-side batching off and on, 8 clients
-                results.update(batching_cells(root, entries, target, local, query_text,
+                results.update(batching_cells(root, entries, results, query_text,
                                               args.requests))
         finally:
             process.send_signal(signal.SIGTERM)
