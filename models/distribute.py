@@ -7,8 +7,11 @@ workers) but into temporary folders that they delete, as the TF multi-worker gui
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -55,3 +58,17 @@ def worker_name() -> str:
     """"worker1" etc., for a non-chief's temporary folders."""
     task_type, index = task()
     return f"{task_type or 'task'}{index}"
+
+
+@contextlib.contextmanager
+def non_chief_scratch(strategy: str | tf.distribute.Strategy, label: str = "cmgan"):
+    """None where this process writes the real outputs (``writes_outputs``); for another worker
+    a temporary folder ``<label>-<worker>-*`` for the same writes, deleted at the end."""
+    if writes_outputs(strategy):
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix=f"{label}-{worker_name()}-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

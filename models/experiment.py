@@ -9,8 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -56,19 +54,13 @@ def train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, *,
     every epoch, so a killed run started again resumes there; deleted once the outputs are
     written. A multi-worker run's chief writes it and every worker resumes from it, so it must
     be a folder all workers read (e.g. gs://)."""
-    from models.distribute import worker_name, writes_outputs  # TensorFlow only when training
+    from models.distribute import non_chief_scratch  # TensorFlow only when training
 
-    scratch = None
-    chief = writes_outputs(strategy)
-    if output_dir and not chief:
-        output_dir = scratch = tempfile.mkdtemp(prefix=f"cmgan-{worker_name()}-")
-    try:
-        document = _train_and_evaluate(dataset, hparams, strategy, output_dir, verbose,
-                                       backup_dir)
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-    if backup_dir and chief:
+    with non_chief_scratch(strategy) as scratch:
+        document = _train_and_evaluate(dataset, hparams, strategy,
+                                       scratch if output_dir and scratch else output_dir,
+                                       verbose, backup_dir)
+    if backup_dir and scratch is None:  # the chief
         import tensorflow as tf
 
         if tf.io.gfile.exists(backup_dir):

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.distribute import worker_name, writes_outputs
+from models.distribute import non_chief_scratch
 from models.encoder_kinds import is_keras
 from models.example_codec import read_split
 from models.export import export_serving_model
@@ -92,8 +91,8 @@ def run_fn(fn_args) -> None:
         if tf.io.gfile.exists(source):
             initial_weights = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
             tf.io.gfile.copy(source, initial_weights, overwrite=True)
-    serving_model_dir, run_dir, scratch = output_dirs(fn_args, strategy)
-    try:
+    with non_chief_scratch(strategy, "cmgan-trainer") as scratch:
+        serving_model_dir, run_dir = output_dirs(fn_args, scratch)
         # A non-chief worker resumes from the chief's checkpoint_dir, saves to its scratch.
         result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
                              log_dir=run_dir, checkpoint_dir=checkpoint_dir,
@@ -106,22 +105,18 @@ def run_fn(fn_args) -> None:
         _write_report(run_dir, result, hparams, strategy, checkpoint_dir, num_classes, warm)
         _write_reference_embeddings(run_dir, result, val)
         _write_common_space(run_dir, result, val)
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
-def output_dirs(fn_args, strategy: str) -> tuple[str, str, str | None]:
-    """(serving model dir, model run dir, scratch folder or None) of this process.
+def output_dirs(fn_args, scratch: str | None) -> tuple[str, str]:
+    """(serving model dir, model run dir) of this process.
 
-    The chief (or a single process) writes fn_args' folders. Another worker of a multi-worker
-    run does every write too (a save may read distributed variables with collective ops that
-    all workers must join) but into a temporary folder, deleted after, as the TF multi-worker
-    guide prescribes."""
-    if writes_outputs(strategy):
-        return fn_args.serving_model_dir, fn_args.model_run_dir, None
-    scratch = tempfile.mkdtemp(prefix=f"cmgan-trainer-{worker_name()}-")
-    return os.path.join(scratch, "serving_model"), os.path.join(scratch, "model_run"), scratch
+    The chief (or a single process; ``scratch`` None) writes fn_args' folders. Another worker
+    of a multi-worker run does every write too (a save may read distributed variables with
+    collective ops that all workers must join) but into its ``non_chief_scratch`` folder,
+    deleted after, as the TF multi-worker guide prescribes."""
+    if scratch is None:
+        return fn_args.serving_model_dir, fn_args.model_run_dir
+    return os.path.join(scratch, "serving_model"), os.path.join(scratch, "model_run")
 
 
 def _image_feature_extractor(config: dict[str, Any]):

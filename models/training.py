@@ -12,12 +12,11 @@ chief's checkpoint folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import keras
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.cmgan import CMGAN
-from models.distribute import make_strategy, worker_name, writes_outputs
+from models.distribute import make_strategy, non_chief_scratch, worker_name
 from models.hparams import CMGANHParams
 from models.metrics import SELECTION_METRIC
 from models.progress import TrainingProgress
@@ -205,10 +204,11 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         log.info("XLA off: %d training steps do not pay back its compile (needs %d)",
                  steps * hparams.epochs, XLA_MIN_STEPS)
     # A non-chief worker of a multi-worker run saves into a temporary folder, deleted at the end.
-    scratch = None
+    scratch_folder = contextlib.ExitStack()
+    scratch = (scratch_folder.enter_context(non_chief_scratch(strategy))
+               if checkpoint_dir or log_dir else None)
     resume_dir = checkpoint_dir
-    if not writes_outputs(strategy) and (checkpoint_dir or log_dir):
-        scratch = tempfile.mkdtemp(prefix=f"cmgan-{worker_name()}-")
+    if scratch:
         checkpoint_dir = checkpoint_dir and os.path.join(scratch, "checkpoints")
         log_dir = log_dir and os.path.join(scratch, "logs")
     with strategy.scope():
@@ -245,8 +245,7 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
             model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        scratch_folder.close()
     best_val: dict[str, float] = {}
     val_embeddings = None
     if selection.best_weights is not None:

@@ -240,9 +240,17 @@ def test_is_chief(monkeypatch, config, chief):
 
 def test_trainer_outputs_of_a_non_chief_go_to_a_scratch_folder(monkeypatch, tmp_path):
     """The Trainer's run_fn writes where models.trainer.output_dirs says: fn_args' folders for
-    the chief, a temporary folder (which run_fn deletes) for another worker. Unit level: a
-    two-process Trainer needs a Transform output and two TFT processes, too heavy here."""
+    the chief, its non_chief_scratch folder (deleted at the end) for another worker. Unit
+    level: a two-process Trainer needs a Transform output and two TFT processes, too heavy
+    here."""
+    from models.distribute import non_chief_scratch
     from models.trainer import output_dirs
+
+    def dirs(strategy):
+        with non_chief_scratch(strategy, "cmgan-trainer") as scratch:
+            serving, run = output_dirs(fn_args, scratch)
+        assert scratch is None or not Path(scratch).exists()  # deleted after run_fn's writes
+        return serving, run, scratch
 
     fn_args = types.SimpleNamespace(serving_model_dir=str(tmp_path / "model" / "Format-Serving"),
                                     model_run_dir=str(tmp_path / "model_run"))
@@ -253,7 +261,7 @@ def test_trainer_outputs_of_a_non_chief_go_to_a_scratch_folder(monkeypatch, tmp_
     for index, chief in ((0, True), (1, False)):
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                     "task": {"type": "worker", "index": index}}))
-        serving, run, scratch = output_dirs(fn_args, "multi_worker")
+        serving, run, scratch = dirs("multi_worker")
         if chief:
             assert (serving, run, scratch) == (fn_args.serving_model_dir,
                                                fn_args.model_run_dir, None)
@@ -263,6 +271,5 @@ def test_trainer_outputs_of_a_non_chief_go_to_a_scratch_folder(monkeypatch, tmp_
         assert Path(serving).parent == Path(scratch) == Path(run).parent
         assert serving != run
     monkeypatch.delenv("TF_CONFIG")
-    assert output_dirs(fn_args, "multi_worker")[2] is None  # no cluster: a single process
-    assert output_dirs(fn_args, "mirrored")[:2] == (fn_args.serving_model_dir,
-                                                   fn_args.model_run_dir)
+    assert dirs("multi_worker")[2] is None  # no cluster: a single process
+    assert dirs("mirrored")[:2] == (fn_args.serving_model_dir, fn_args.model_run_dir)
