@@ -49,6 +49,34 @@ def tiny_raw_demo_dir(tmp_path_factory):
                           **{f"{s}_per_class": n for s, n in RAW_DEMO_PER_CLASS.items()})
 
 
+TINY_RUN_KINDS = ("features", "raw")
+TINY_RUN_PIPELINES = {"features": "cmgan-tiny", "raw": "cmgan-tiny-raw"}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(make_pipeline_config, tiny_raw_demo_dir, tmp_path_factory):
+    """Factory: kind -> (config, result) of one tiny pipeline run, made once per session and
+    shared by the test files that only read it (report, web); treat its folders as read-only.
+    "features": the tiny feature folder; "raw": the raw demo as pixels and text."""
+    from pipeline.local_runner import run_pipeline
+
+    runs = {}
+
+    def run(kind: str):
+        if kind not in runs:
+            base = tmp_path_factory.mktemp(f"tiny-run-{kind}")
+            config = (make_pipeline_config(base, dataset="raw", data_dir=tiny_raw_demo_dir,
+                                           pipeline_name=TINY_RUN_PIPELINES[kind],
+                                           hparams=TINY_RAW_HPARAMS) if kind == "raw" else
+                      make_pipeline_config(base, pipeline_name=TINY_RUN_PIPELINES[kind]))
+            result = run_pipeline(config)
+            assert result.pushed_model, result.reason
+            runs[kind] = config, result
+        return runs[kind]
+
+    return run
+
+
 @pytest.fixture
 def tiny_hparams() -> dict:
     return dict(TINY_HPARAMS)

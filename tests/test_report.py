@@ -1,5 +1,5 @@
-"""``cmgan report`` on a real tiny pipeline run (LocalDagRunner), shared by the module: the page
-has every section, the MAP table holds the evaluator's numbers, the embedded figures are PNGs
+"""``cmgan report`` on a real tiny pipeline run (LocalDagRunner; conftest's tiny_pipeline_run,
+shared with test_web): the page has every section, the MAP table holds the evaluator's numbers, the embedded figures are PNGs
 identical to the files written beside the HTML, and the CLI finds runs through ML Metadata.
 
 Runs: a features-only model and, where the raw-input pipeline exists (issue 5), a model
@@ -19,14 +19,12 @@ from PIL import Image
 
 from models.metrics import retrieval_report
 from pipeline import cli
-from pipeline.local_runner import run_pipeline
 from pipeline.reporting import SECTIONS, collect, write_report
 
-from conftest import RAW_DEMO_PER_CLASS, TINY_DATASET, TINY_HPARAMS, TINY_RAW_HPARAMS
+from conftest import (RAW_DEMO_PER_CLASS, TINY_DATASET, TINY_HPARAMS, TINY_RAW_HPARAMS,
+                      TINY_RUN_KINDS)
 
-PIPELINE = "cmgan-report"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MODELS = ("features", "raw")
 RAW_PER_CLASS, RAW_CLASSES = RAW_DEMO_PER_CLASS, 8
 
 
@@ -83,39 +81,31 @@ def parse(path) -> Node:
     return builder.root
 
 
-@pytest.fixture(scope="module", params=MODELS)
-def pipeline_run(request, make_pipeline_config, tmp_path_factory, tiny_raw_demo_dir):
-    """(kind, config, result) of one tiny pipeline run."""
-    base = tmp_path_factory.mktemp(f"report-{request.param}")
-    if request.param == "raw":
-        config = make_pipeline_config(base, dataset="raw", data_dir=tiny_raw_demo_dir,
-                                      pipeline_name=PIPELINE, hparams=TINY_RAW_HPARAMS)
-    else:
-        config = make_pipeline_config(base, pipeline_name=PIPELINE)
-    result = run_pipeline(config)
-    assert result.pushed_model, result.reason
-    return request.param, config, result
+@pytest.fixture(scope="module", params=TINY_RUN_KINDS)
+def pipeline_run(request, tiny_pipeline_run):
+    """(kind, config, result) of the session's tiny pipeline run of that kind."""
+    return (request.param, *tiny_pipeline_run(request.param))
 
 
 @pytest.fixture(scope="module")
 def report(pipeline_run, tmp_path_factory):
     """(data, written report, parsed page) of the latest run."""
     _, config, _ = pipeline_run
-    data = collect(config.metadata_path, PIPELINE)
+    data = collect(config.metadata_path, config.pipeline_name)
     written = write_report(data, str(tmp_path_factory.mktemp("html") / "run.html"))
     print(f"report: {written.html_path}")
     return data, written, parse(written.html_path)
 
 
 def test_every_section_is_there_with_the_blessing_decision(report, pipeline_run):
-    _, _, result = pipeline_run
+    _, config, result = pipeline_run
     _, _, page = report
     assert [s.attrs["id"] for s in page.iter("section")] == list(SECTIONS)
     assert next(page.iter(id="blessing")).text().startswith("Decision: BLESSED")
     assert next(page.iter(id="blessing-reason")).text() == result.reason
     run_rows = {r.attrs["data-key"]: r.children[1].text()
                 for r in next(page.iter(id="run-table")).iter("tr")}
-    assert run_rows["pipeline"] == PIPELINE and run_rows["run"].startswith("1 (")
+    assert run_rows["pipeline"] == config.pipeline_name and run_rows["run"].startswith("1 (")
 
 
 def test_map_table_holds_the_evaluators_numbers(report, pipeline_run):
@@ -248,7 +238,7 @@ def test_tensorboard_command_points_at_the_trainers_event_files(report):
 def test_cli_finds_the_run_in_ml_metadata(pipeline_run, tmp_path, capsys):
     _, config, result = pipeline_run
     output = tmp_path / "cli" / "report.html"
-    flags = ["--pipeline-root", config.pipeline_root, "--pipeline-name", PIPELINE]
+    flags = ["--pipeline-root", config.pipeline_root, "--pipeline-name", config.pipeline_name]
     assert cli.main(["report", *flags, "--run", "1", "--output", str(output),
                      "--top-k", "2", "--queries", "1"]) == 0
     printed = capsys.readouterr().out
@@ -261,5 +251,5 @@ def test_cli_finds_the_run_in_ml_metadata(pipeline_run, tmp_path, capsys):
 
     assert cli.main(["report", *flags, "--run", "7", "--output", str(tmp_path / "x.html")]) == 1
     error = capsys.readouterr().err
-    assert "no run '7' of cmgan-report; runs: 1: " in error
+    assert f"no run '7' of {config.pipeline_name}; runs: 1: " in error
     assert not (tmp_path / "x.html").exists()

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.local_runner import run_pipeline
 from serving.client import ServingClient
 
-from conftest import TINY_RAW_HPARAMS, cmgan_process, serving_process
+from conftest import TINY_RUN_KINDS, cmgan_process, serving_process
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "cmgan"
@@ -36,7 +35,6 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--window-size=1280,1600")
-MODELS = ("features", "raw")
 
 
 # --------------------------------------------------------------------------- processes
@@ -47,20 +45,11 @@ def web_process(*web_args: str):
         yield url
 
 
-def _raw_config(make_pipeline_config, base: Path, data_dir: Path):
-    """A tiny pipeline on the raw demo (images as pixels, captions as text)."""
-    return make_pipeline_config(base, dataset="raw", data_dir=data_dir,
-                                pipeline_name="cmgan-web-raw", hparams=TINY_RAW_HPARAMS)
-
-
-@pytest.fixture(scope="module", params=MODELS)
-def served(request, make_pipeline_config, tmp_path_factory, tiny_raw_demo_dir):
-    """(kind, config, client, page URL): one pipeline run, ``cmgan serve`` and ``cmgan web``."""
-    base = tmp_path_factory.mktemp(f"web-{request.param}")
-    config = (_raw_config(make_pipeline_config, base, tiny_raw_demo_dir)
-              if request.param == "raw" else make_pipeline_config(base, pipeline_name="cmgan-web"))
-    result = run_pipeline(config)
-    assert result.pushed_model, result.reason
+@pytest.fixture(scope="module", params=TINY_RUN_KINDS)
+def served(request, tiny_pipeline_run):
+    """(kind, config, client, page URL): the session's tiny pipeline run of that kind (images
+    as pixels and captions as text for "raw"), ``cmgan serve`` and ``cmgan web``."""
+    config, _ = tiny_pipeline_run(request.param)
     with serving_process("--model-base-path", config.serving_root, "--model-name", MODEL,
                          "--poll-seconds", "0.5") as address:
         with ServingClient(address, timeout_s=30) as client:
