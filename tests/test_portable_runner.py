@@ -4,9 +4,10 @@ The test starts Beam's own job service (local_job_service_main) and a pool of EX
 workers (worker_pool_main, one worker process per job), points ``--beam-arg`` at them, and checks
 that the Beam stages still produce what the DirectRunner produces: a whole ``cmgan run`` on
 demo-features (FeatureExampleGen, StatisticsGen, Transform in the workers; the model is pushed),
-and RawExampleGen on a folder with every kind of bad record, its images encoded by RunInference
-(keras:MobileNetV3Small), so the quarantine and the encoder run in the workers too. Every DoFn,
-coder and side input crosses a process boundary as it would on a cluster.
+and a whole ``cmgan run`` on a raw folder with every kind of bad record, its images encoded by
+RunInference (keras:MobileNetV3Small) and its texts tokenised by Transform, so the quarantine,
+the encoder and the vocabulary run in the workers too. Every DoFn, coder and side input crosses
+a process boundary as it would on a cluster.
 """
 from __future__ import annotations
 
@@ -157,58 +158,83 @@ def bad_raw_folder(tmp_path_factory):
     return write_bad_folder(tmp_path_factory.mktemp("portable_raw") / "data")
 
 
-def raw_example_gen(folder: Path):
+def cmgan_run(base: Path, beam_args: list[str], *flags: str) -> subprocess.CompletedProcess:
+    """``cmgan run FLAGS`` with the tiny hyperparameters under ``base``, its Beam stages on
+    ``beam_args``; it must succeed and push a model."""
+    hparams = {**TINY_HPARAMS, "epochs": 1}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *flags, "--preset", "paper",
+         "--pipeline-root", str(base / "root"), "--serving-root", str(base / "serving"),
+         *[f"--hparam={k}={v}" for k, v in hparams.items()],
+         *[f"--beam-arg={arg}" for arg in beam_args]],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert "pushed model:" in done.stdout and "nothing pushed" not in done.stdout
+    return done
+
+
+def only_output(base: Path, component: str, key: str) -> str:
+    """The one artifact folder a pipeline run under ``base`` wrote for component/key."""
+    (folder,) = (base / "root" / component / key).iterdir()
+    return str(folder)
+
+
+RAW_FLAGS = ("--image-encoder", "keras:MobileNetV3Small", "--image-size", "32",
+             "--max-quarantine-fraction", "0.9")
+
+
+def test_whole_cmgan_run_on_a_raw_folder_with_bad_records_equals_the_direct_runner(
+        portable_beam, bad_raw_folder, tmp_path):
+    """RawExampleGen with its images encoded by RunInference (keras:MobileNetV3Small) and every
+    kind of bad record quarantined, then the rest of the pipeline (statistics, the text
+    vocabulary in Transform, training, evaluation, push) on the job service's workers."""
     from components.raw_example_gen.component import RawExampleGen
 
-    return RawExampleGen(dataset="raw", data_dir=str(folder),
-                         image_encoder="keras:MobileNetV3Small", image_size=32,
-                         max_quarantine_fraction=0.9)
-
-
-def test_raw_example_gen_with_runinference_and_quarantine_equals_the_direct_runner(
-        portable_beam, bad_raw_folder, tmp_path):
-    direct = run_component(raw_example_gen(bad_raw_folder), tmp_path / "direct",
-                           DIRECT_BEAM_ARGS)
+    base = tmp_path / "run"
     jobs_before = portable_beam.jobs_done()
-    portable = run_component(raw_example_gen(bad_raw_folder), tmp_path / "portable",
-                             portable_beam.beam_args)
-    assert portable_beam.jobs_done() == jobs_before + 1  # it ran on the job service
-    assert_same_examples(portable["examples"][0].uri, direct["examples"][0].uri)
-    ours, ours_summary = read_quarantine(portable["quarantine"][0].uri)
+    cmgan_run(base, portable_beam.beam_args, "--dataset", "raw", "--data-dir",
+              str(bad_raw_folder), *RAW_FLAGS, "--hparam=text_vocab_size=300",
+              "--hparam=text_max_tokens=16", "--hparam=kim_filters=8",
+              "--hparam=word_embedding_dim=8")
+    # RawExampleGen, StatisticsGen and Transform (analyze and transform) on the job service.
+    assert portable_beam.jobs_done() - jobs_before >= 3, portable_beam.job_service_log
+
+    direct = run_component(
+        RawExampleGen(dataset="raw", data_dir=str(bad_raw_folder),
+                      image_encoder="keras:MobileNetV3Small", image_size=32,
+                      max_quarantine_fraction=0.9), tmp_path / "direct", DIRECT_BEAM_ARGS)
+    portable_examples = only_output(base, "RawExampleGen", "examples")
+    assert_same_examples(portable_examples, direct["examples"][0].uri)
+    ours, ours_summary = read_quarantine(only_output(base, "RawExampleGen", "quarantine"))
     theirs, their_summary = read_quarantine(direct["quarantine"][0].uri)
     assert len(theirs) == 13  # one record of every kind of problem (test_raw_example_gen.py)
     key = lambda entry: json.dumps(entry, sort_keys=True)  # noqa: E731
     assert sorted(ours, key=key) == sorted(theirs, key=key)
     assert ours_summary == their_summary
     assert (ours_summary["accepted"], ours_summary["quarantined"]) == (7, 13)
-    image_dim = portable["examples"][0].custom_properties["image_dim"].int_value
+    image_dim = direct["examples"][0].custom_properties["image_dim"].int_value
     assert image_dim == 576  # MobileNetV3Small's pooled features: RunInference ran
+    (image,) = {len(r["image"]) for split in examples_by_split(portable_examples).values()
+                for r in split.values()}
+    assert image == image_dim
 
 
 def test_whole_cmgan_run_on_demo_features_equals_the_direct_runner(portable_beam, tmp_path):
     from components.feature_example_gen.component import FeatureExampleGen
 
     base = tmp_path / "run"
-    hparams = {**TINY_HPARAMS, "epochs": 1}
     jobs_before = portable_beam.jobs_done()
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--dataset", "demo-features",
-         "--pipeline-root", str(base / "root"), "--serving-root", str(base / "serving"),
-         *[f"--hparam={k}={v}" for k, v in hparams.items()],
-         *[f"--beam-arg={arg}" for arg in portable_beam.beam_args]],
-        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    assert "pushed model:" in done.stdout and "nothing pushed" not in done.stdout
+    cmgan_run(base, portable_beam.beam_args, "--dataset", "demo-features")
     # FeatureExampleGen, StatisticsGen and Transform (analyze and transform) ran on the job
     # service, none of them on a DirectRunner in the driver.
     assert portable_beam.jobs_done() - jobs_before >= 3, portable_beam.job_service_log
 
     direct = run_component(FeatureExampleGen(dataset="demo"), tmp_path / "direct",
                            DIRECT_BEAM_ARGS)
-    (portable_examples,) = (base / "root" / "FeatureExampleGen" / "examples").iterdir()
-    assert_same_examples(str(portable_examples), direct["examples"][0].uri)
+    portable_examples = only_output(base, "FeatureExampleGen", "examples")
+    assert_same_examples(portable_examples, direct["examples"][0].uri)
     counts = collections.Counter({split: len(records) for split, records in
-                                  examples_by_split(str(portable_examples)).items()})
+                                  examples_by_split(portable_examples).items()})
     assert counts == {"Split-train": 8 * 120, "Split-val": 8 * 30, "Split-test": 8 * 40}
 
 
