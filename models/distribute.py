@@ -72,3 +72,13 @@ def non_chief_scratch(strategy: str | tf.distribute.Strategy, label: str = "cmga
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def barrier(strategy: str | tf.distribute.Strategy) -> None:
+    """Returns on every worker only once all workers have reached it (an all-reduce): the
+    writes the chief did before it are then done. A no-op for a single process (or a strategy
+    given by name)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                    axis=None)

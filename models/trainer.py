@@ -16,11 +16,14 @@ whose features ExampleGen computed in Beam, with ``image_feature_encoder_weights
 Besides the SavedModel, the Keras weights are written to ``<model artifact>/warm_start/`` so a
 later run can warm start from this model.
 
-Under ``multi_worker`` every worker runs ``run_fn`` alike; only the chief writes the export, the
-reports and the checkpoints, the others write into temporary folders (``output_dirs``).
+Under ``multi_worker`` every worker runs ``run_fn`` alike (each replica of a Vertex AI or
+Kubeflow training job runs the Trainer's executor); only the chief writes the export, the
+reports and the checkpoints, the others write into temporary folders (``output_dirs``) and
+return once the chief's writes are done, so the executor's check for the model passes on them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -32,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.distribute import non_chief_scratch
+from models.distribute import (barrier, make_strategy, non_chief_scratch, worker_name,
+                               writes_outputs)
 from models.encoder_kinds import is_keras
 from models.example_codec import read_split
 from models.export import export_serving_model
@@ -70,7 +74,10 @@ def run_fn(fn_args) -> None:
     """Trains, exports to fn_args.serving_model_dir, writes a report to fn_args.model_run_dir."""
     config: dict[str, Any] = dict(fn_args.custom_config or {})
     hparams = CMGANHParams.from_dict(config.get("hparams"))
-    strategy = config.get("strategy", "default")
+    strategy_name = config.get("strategy", "default")
+    # Before any TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops, which
+    # TensorFlow allows only at program start (reading the Transform output below runs ops).
+    strategy = make_strategy(strategy_name)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     feature_spec = tf_transform_output.transformed_feature_spec()
     train = read_split(fn_args.train_files, feature_spec)
@@ -79,19 +86,22 @@ def run_fn(fn_args) -> None:
 
     checkpoint_dir = None
     if config.get("checkpoint_root"):
-        fingerprint = checkpoint_fingerprint(fn_args, hparams, strategy)
+        fingerprint = checkpoint_fingerprint(fn_args, hparams, strategy_name)
         if config.get("warm_start"):  # a warm start from another model is another training
             fingerprint = hashlib.sha256(
                 f"{fingerprint}:warm:{getattr(fn_args, 'base_model', None)}".encode()
             ).hexdigest()[:16]
         checkpoint_dir = os.path.join(config["checkpoint_root"], fingerprint)
-    initial_weights = None
-    if config.get("warm_start") and getattr(fn_args, "base_model", None):
-        source = warm_start_weights_path(fn_args.base_model)
-        if tf.io.gfile.exists(source):
-            initial_weights = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
-            tf.io.gfile.copy(source, initial_weights, overwrite=True)
-    with non_chief_scratch(strategy, "cmgan-trainer") as scratch:
+    with contextlib.ExitStack() as stack:
+        local = stack.enter_context(tempfile.TemporaryDirectory(prefix="cmgan-trainer-"))
+        initial_weights = None
+        if config.get("warm_start") and getattr(fn_args, "base_model", None):
+            source = warm_start_weights_path(fn_args.base_model)
+            if tf.io.gfile.exists(source):
+                initial_weights = os.path.join(local, "initial", WARM_START_WEIGHTS)
+                os.makedirs(os.path.dirname(initial_weights))
+                tf.io.gfile.copy(source, initial_weights, overwrite=True)
+        scratch = stack.enter_context(non_chief_scratch(strategy, "cmgan-trainer"))
         serving_model_dir, run_dir = output_dirs(fn_args, scratch)
         # A non-chief worker resumes from the chief's checkpoint_dir, saves to its scratch.
         result = train_cmgan(train, val, num_classes, hparams, strategy=strategy,
@@ -100,11 +110,24 @@ def run_fn(fn_args) -> None:
         extractor, extractor_size = _image_feature_extractor(config)
         export_serving_model(result.model, tf_transform_output, serving_model_dir, extractor,
                              extractor_size)
-        _write_weights(result.model, warm_start_weights_path(serving_model_dir))
+        _write_weights(result.model, warm_start_weights_path(serving_model_dir), local)
         warm = fn_args.base_model if result.warm_started_from else None
-        _write_report(run_dir, result, hparams, strategy, checkpoint_dir, num_classes, warm)
+        _write_report(run_dir, result, hparams, strategy_name, checkpoint_dir, num_classes, warm)
         _write_reference_embeddings(run_dir, result, val)
         _write_common_space(run_dir, result, val)
+    wait_for_the_chiefs_model(strategy, fn_args.serving_model_dir)
+
+
+def wait_for_the_chiefs_model(strategy, serving_model_dir: str) -> None:
+    """TFX's Trainer executor fails on any worker whose ``serving_model_dir`` does not exist
+    when run_fn returns: another worker waits until the chief has written everything, then
+    says plainly if it cannot see the chief's model (a pipeline root that is not shared)."""
+    barrier(strategy)
+    if not writes_outputs(strategy) and not tf.io.gfile.exists(serving_model_dir):
+        raise RuntimeError(
+            f"{worker_name()}: the chief's model {serving_model_dir} is not visible here; a "
+            "multi-worker Trainer needs a pipeline root on storage every worker shares "
+            "(gs://, s3://, a shared volume)")
 
 
 def output_dirs(fn_args, scratch: str | None) -> tuple[str, str]:
@@ -151,9 +174,10 @@ def _write_npz(path: str, **arrays: np.ndarray) -> None:
         f.write(buffer.getvalue())
 
 
-def _write_weights(model, path: str) -> None:
-    """Keras weights for warm starts (save_weights needs a local file; copy for gs:// etc.)."""
-    local = os.path.join(tempfile.mkdtemp(), WARM_START_WEIGHTS)
+def _write_weights(model, path: str, local_dir: str) -> None:
+    """Keras weights for warm starts (save_weights needs a local file, made in ``local_dir``;
+    copied for gs:// etc.)."""
+    local = os.path.join(local_dir, WARM_START_WEIGHTS)
     model.save_weights(local)
     tf.io.gfile.makedirs(os.path.dirname(path))
     tf.io.gfile.copy(local, path, overwrite=True)

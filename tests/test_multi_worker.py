@@ -1,9 +1,11 @@
-"""Multi-worker training across real processes: `cmgan train --strategy multi_worker`.
+"""Multi-worker training across real processes: `cmgan train --strategy multi_worker` and the
+TFX Trainer component's executor.
 
 Two worker processes on 127.0.0.1 form a MultiWorkerMirroredStrategy cluster (TF_CONFIG) with
 real collective ops over gRPC. Both must finish, end with identical weights, and only the
 chief (worker 0) may write to the output folder. A worker killed mid-training, and the cluster
-started again (what a TFJob does), resumes from the chief's backup, not from epoch 0.
+started again (what a TFJob does), resumes from the chief's backup, not from epoch 0. The
+Trainer's executor on two workers finishes on both, the chief's model the only one written.
 """
 import json
 import os
@@ -19,9 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from models.export import load_serving_model
+
 from conftest import TINY_HPARAMS
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINER_WORKER = REPO / "tests" / "scripts" / "trainer_worker.py"
+CHANCE_MAP = 0.25  # 4 balanced classes
 TIMEOUT_S = 300  # per run; a healthy run of the tiny data takes well under a minute
 CHECKSUM = re.compile(r"final CM-GAN weights sha256 ([0-9a-f]{64}) \((worker\d)\)")
 
@@ -44,7 +50,8 @@ def tf_config(ports: list[int], index: int) -> str:
 
 def start_worker(args: list[str], workdir: Path, ports: list[int], index: int,
                  attempt: int = 0) -> dict:
-    """Worker `index` of the cluster on `ports`; its output in <workdir>/worker<i>[.<attempt>]."""
+    """Worker `index` of the cluster on `ports`: ``python ARGS``; its output in
+    <workdir>/worker<i>[.<attempt>]."""
     name = f"worker{index}" + (f".{attempt}" if attempt else "")
     tmp = workdir / f"tmp{index}" / str(attempt)  # its own TMPDIR: what it leaves is visible
     tmp.mkdir(parents=True)
@@ -53,7 +60,7 @@ def start_worker(args: list[str], workdir: Path, ports: list[int], index: int,
                [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "CUDA_VISIBLE_DEVICES": ""}
     stdout, stderr = open(workdir / f"{name}.out", "w"), open(workdir / f"{name}.err", "w")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=workdir,
+    process = subprocess.Popen([sys.executable, *args], cwd=workdir,
                                env=env, stdout=stdout, stderr=stderr, text=True)
     return {"index": index, "process": process, "tmp": tmp, "files": (stdout, stderr),
             "out": workdir / f"{name}.out", "err": workdir / f"{name}.err"}
@@ -123,7 +130,7 @@ def epoch_lines(stdout: str) -> list[str]:
 def test_two_workers_train_alike_and_only_the_chief_writes(tiny_feature_dir, tmp_path):
     out = tmp_path / "out"
     hparams = [f"--hparam={k}={v}" for k, v in TINY_HPARAMS.items() if k != "epochs"]
-    workers = run_workers(["train", "--dataset", "features", "--data-dir",
+    workers = run_workers(["-m", "pipeline", "train", "--dataset", "features", "--data-dir",
                            str(tiny_feature_dir), "--epochs", "2", "--strategy",
                            "multi_worker", "--output-dir", str(out), *hparams], tmp_path)
     assert_finished(workers)
@@ -172,7 +179,8 @@ def test_a_killed_worker_restarted_with_the_cluster_resumes_from_the_backup(tiny
                                                                              tmp_path):
     out, backup = tmp_path / "out", tmp_path / "backup"
     hparams = [f"--hparam={k}={v}" for k, v in TINY_HPARAMS.items() if k != "epochs"]
-    args = ["train", "--dataset", "features", "--data-dir", str(tiny_feature_dir), "--epochs",
+    args = ["-m", "pipeline", "train", "--dataset", "features", "--data-dir",
+            str(tiny_feature_dir), "--epochs",
             str(RESUME_EPOCHS), "--strategy", "multi_worker", "--output-dir", str(out),
             "--backup-dir", str(backup), "--hparam=early_stopping_patience=0", *hparams]
     ports = free_ports(2)  # the cluster's addresses stay (as a TFJob's services do)
@@ -238,11 +246,55 @@ def test_is_chief(monkeypatch, config, chief):
     assert writes_outputs("default") is True  # a single process always writes
 
 
+def test_the_trainer_component_on_two_workers(tiny_pipeline_run, tmp_path):
+    """The TFX Trainer's own executor (GenericExecutor, as each replica of a Vertex AI or
+    Kubeflow training job runs it) in two worker processes, with the inputs of a finished
+    pipeline run's Trainer (tests/scripts/trainer_worker.py): both finish (the executor's check
+    for the model passes on the other worker too), with identical weights; only the chief's
+    model and run folder exist, and no worker leaves a temporary file behind."""
+    config, _ = tiny_pipeline_run("features")
+    out = tmp_path / "out"
+    workers = run_workers([str(TRAINER_WORKER), config.metadata_path, config.pipeline_name,
+                           str(out), "epochs=1"], tmp_path)
+    assert_finished(workers)
+    checksums = {name: checksum for worker in workers
+                 for checksum, name in CHECKSUM.findall(worker["stderr"])}
+    assert set(checksums) == {"worker0", "worker1"}
+    assert checksums["worker0"] == checksums["worker1"]
+
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "model", "model_run"]
+    model = load_serving_model(str(out / "model" / "Format-Serving"))
+    assert {"encode_image", "encode_text"} <= set(model.signatures)
+    assert (out / "model" / "warm_start" / "cmgan.weights.h5").is_file()
+    report = json.loads((out / "model_run" / "training_report.json").read_text())
+    assert report["strategy"] == "multi_worker"
+    assert report["best_val"]["mean"] > CHANCE_MAP
+    for worker in workers:  # scratch folders deleted, local copies of the weights too
+        assert list(worker["tmp"].iterdir()) == [], worker["index"]
+
+
+def test_a_worker_that_cannot_see_the_chiefs_model_says_why(monkeypatch, tmp_path):
+    """A pipeline root each worker has its own copy of (a local folder on a cluster): the other
+    worker's Trainer fails naming the folder, not with TFX's "run_fn failed to generate
+    model"."""
+    from models.trainer import wait_for_the_chiefs_model
+
+    missing = str(tmp_path / "model" / "Format-Serving")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(RuntimeError, match=r"^worker1: the chief's model .*Format-Serving is "
+                                           r"not visible here; a multi-worker Trainer needs a "
+                                           r"pipeline root on storage every worker shares"):
+        wait_for_the_chiefs_model("multi_worker", missing)
+    wait_for_the_chiefs_model("default", missing)  # a single process: TFX's own check follows
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    wait_for_the_chiefs_model("multi_worker", missing)  # the chief wrote it or TFX says so
+
+
 def test_trainer_outputs_of_a_non_chief_go_to_a_scratch_folder(monkeypatch, tmp_path):
     """The Trainer's run_fn writes where models.trainer.output_dirs says: fn_args' folders for
-    the chief, its non_chief_scratch folder (deleted at the end) for another worker. Unit
-    level: a two-process Trainer needs a Transform output and two TFT processes, too heavy
-    here."""
+    the chief, its non_chief_scratch folder (deleted at the end) for another worker."""
     from models.distribute import non_chief_scratch
     from models.trainer import output_dirs
 
