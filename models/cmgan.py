@@ -126,12 +126,27 @@ class CMGAN(keras.Model):
             average.assign(current)
 
     # --- inference -------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        """Length of what encode_image / encode_text return (hparams.retrieval_space)."""
+        label = self.hparams.retrieval_space == "common_and_label"
+        return self.hparams.common_dim + (self.num_classes if label else 0)
+
     def encode_image(self, image, training=False):
-        """Common representation, float32 whatever the training precision."""
-        return tf.cast(self.image_generator.encode(image, training=training), tf.float32)
+        """The retrieval vector (hparams.retrieval_space), float32 whatever the precision."""
+        return self._retrieval_vector(self.image_generator, image, training)
 
     def encode_text(self, text, training=False):
-        return tf.cast(self.text_generator.encode(text, training=training), tf.float32)
+        return self._retrieval_vector(self.text_generator, text, training)
+
+    def _retrieval_vector(self, generator, inputs, training):
+        common = generator.encode(inputs, training=training)
+        if self.hparams.retrieval_space == "common":
+            return tf.cast(common, tf.float32)
+        posteriors = tf.nn.softmax(tf.cast(generator.classify(common, training=training),
+                                           tf.float32))
+        return tf.concat([tf.math.l2_normalize(tf.cast(common, tf.float32), axis=-1),
+                          tf.math.l2_normalize(posteriors, axis=-1)], axis=-1)
 
     def call(self, inputs, training=False):
         return {"image": self.encode_image(inputs["image"], training=training),

@@ -11,6 +11,11 @@ from models.config_errors import ConfigError, as_bool, as_float, as_int, check_r
 
 WRONG_PAIRS = ("mismatched", "matched")
 SEMANTIC_CLASSIFIERS = ("dense", "cosine")
+# What the encoders output for retrieval: "common" = the common representation (the paper);
+# "common_and_label" = the L2-normalised common vector beside the L2-normalised class posteriors
+# of the modality's semantic classifier (common_dim + num_classes values), so the ranking also
+# weighs how alike the two items' predicted classes are.
+RETRIEVAL_SPACES = ("common", "common_and_label")
 # Float precision of training (Keras dtype policies): "mixed_float16" computes in float16 with
 # float32 variables, losses and outputs, and scales each loss (GPUs with tensor cores);
 # "mixed_bfloat16" needs no loss scaling (TPUs, recent GPUs).
@@ -56,6 +61,7 @@ class CMGANHParams:
     semantic_classifier: str = "dense"
     cosine_scale: float = 10.0
     shared_classifier: bool = False  # one class-weight matrix for both modalities
+    retrieval_space: str = "common"  # RETRIEVAL_SPACES
     semantic_weight: float = 1.0  # weight of the softmax loss in each generator loss
     # Weight of the four adversarial terms in the generator losses. 0 is the "no GAN" ablation:
     # the same generators and shared layer trained by the other losses, no discriminator steps.
@@ -105,6 +111,7 @@ class CMGANHParams:
                                   if kind is float else f"must be a {kind.__name__}, got "
                                                         f"{value!r}")
         choices = {"wrong_pair": WRONG_PAIRS, "semantic_classifier": SEMANTIC_CLASSIFIERS,
+                   "retrieval_space": RETRIEVAL_SPACES,
                    "image_encoder": IMAGE_ENCODERS, "text_encoder": TEXT_ENCODERS,
                    "precision": PRECISIONS}
         for name, allowed in choices.items():

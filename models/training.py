@@ -56,11 +56,12 @@ XLA_MIN_STEPS = 5000
 
 def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
           batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Common representations in inference mode, in batches."""
+    """Retrieval vectors (the common representations by default) in inference mode, in
+    batches."""
     def run(encode, features):
         parts = [encode(tf.constant(features[i:i + batch_size]), training=False).numpy()
                  for i in range(0, len(features), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, model.hparams.common_dim),
+        return np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim),
                                                             np.float32)
     return run(model.encode_image, image), run(model.encode_text, text)
 

@@ -51,6 +51,9 @@ def tiny_raw_demo_dir(tmp_path_factory):
 
 TINY_RUN_KINDS = ("features", "raw")
 TINY_RUN_PIPELINES = {"features": "cmgan-tiny", "raw": "cmgan-tiny-raw"}
+# The raw run retrieves with the class posteriors beside the common vector, so the export, the
+# search servable, the server and the page are tested with vectors longer than common_dim.
+TINY_RUN_RAW_EXTRA = {"retrieval_space": "common_and_label"}
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +70,8 @@ def tiny_pipeline_run(make_pipeline_config, tiny_raw_demo_dir, tmp_path_factory)
             base = tmp_path_factory.mktemp(f"tiny-run-{kind}")
             config = (make_pipeline_config(base, dataset="raw", data_dir=tiny_raw_demo_dir,
                                            pipeline_name=TINY_RUN_PIPELINES[kind],
-                                           hparams=TINY_RAW_HPARAMS) if kind == "raw" else
+                                           hparams={**TINY_RAW_HPARAMS, **TINY_RUN_RAW_EXTRA})
+                      if kind == "raw" else
                       make_pipeline_config(base, pipeline_name=TINY_RUN_PIPELINES[kind]))
             result = run_pipeline(config)
             assert result.pushed_model, result.reason

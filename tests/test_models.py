@@ -81,6 +81,29 @@ def test_shared_cosine_classifier_option():
         paper.text_generator.semantic_classifier)
 
 
+def test_common_and_label_retrieval_space_appends_the_class_posteriors():
+    hp = TINY.replace(semantic_classifier="cosine", shared_classifier=True,
+                      retrieval_space="common_and_label")
+    model = CMGAN(20, 10, 3, hp)
+    assert model.embedding_dim == 24 + 3
+    for generator, encode, dim in ((model.image_generator, model.encode_image, 20),
+                                   (model.text_generator, model.encode_text, 10)):
+        features = tf.random.normal([5, dim])
+        vectors = encode(features).numpy()
+        assert vectors.shape == (5, 27)
+        common = generator.encode(features)
+        np.testing.assert_allclose(vectors[:, :24], tf.math.l2_normalize(common, axis=1),
+                                   atol=1e-6)
+        posteriors = tf.nn.softmax(generator.classify(common))
+        np.testing.assert_allclose(vectors[:, 24:], tf.math.l2_normalize(posteriors, axis=1),
+                                   atol=1e-6)
+    paper = CMGAN(20, 10, 3, TINY)
+    assert paper.embedding_dim == 24
+    assert paper.encode_text(tf.random.normal([5, 10])).shape == (5, 24)
+    with pytest.raises(ValueError, match="retrieval_space"):
+        TINY.replace(retrieval_space="label")
+
+
 def test_discriminator_inputs():
     model = CMGAN(20, 10, 3, TINY)
     common = tf.random.normal([4, 24])

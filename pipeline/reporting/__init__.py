@@ -95,7 +95,9 @@ def _model_card(data: ReportData) -> str:
     model_rows = [
         ("architecture", "CM-GAN (Peng & Qi 2019): per-modality cross-modal autoencoders "
                          "with a shared encoder layer, intra- and inter-modality discriminators"),
-        ("common space", f"{hparams.get('common_dim', '?')}-d, L2-normalised; cosine ranking"),
+        ("common space", f"{hparams.get('common_dim', '?')}-d, L2-normalised; cosine ranking"
+                         + ("; retrieval vectors also hold the class posteriors"
+                            if hparams.get("retrieval_space") == "common_and_label" else "")),
         ("training", f"{training.get('epochs', '?')} epochs, best epoch "
                      f"{training.get('best_epoch', '?')} on validation mean MAP@all, strategy "
                      f"{training.get('strategy', '?')}"
