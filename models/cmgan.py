@@ -141,11 +141,12 @@ class CMGAN(keras.Model):
 
     def _retrieval_vector(self, generator, inputs, training):
         common = generator.encode(inputs, training=training)
+        vector = tf.cast(common, tf.float32)
         if self.hparams.retrieval_space == "common":
-            return tf.cast(common, tf.float32)
+            return vector
         posteriors = tf.nn.softmax(tf.cast(generator.classify(common, training=training),
                                            tf.float32))
-        return tf.concat([tf.math.l2_normalize(tf.cast(common, tf.float32), axis=-1),
+        return tf.concat([tf.math.l2_normalize(vector, axis=-1),
                           tf.math.l2_normalize(posteriors, axis=-1)], axis=-1)
 
     def call(self, inputs, training=False):

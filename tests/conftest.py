@@ -49,8 +49,8 @@ def tiny_raw_demo_dir(tmp_path_factory):
                           **{f"{s}_per_class": n for s, n in RAW_DEMO_PER_CLASS.items()})
 
 
-TINY_RUN_KINDS = ("features", "raw")
 TINY_RUN_PIPELINES = {"features": "cmgan-tiny", "raw": "cmgan-tiny-raw"}
+TINY_RUN_KINDS = tuple(TINY_RUN_PIPELINES)
 # The raw run retrieves with the class posteriors beside the common vector, so the export, the
 # search servable, the server and the page are tested with vectors longer than common_dim.
 TINY_RUN_RAW_EXTRA = {"retrieval_space": "common_and_label"}

@@ -158,7 +158,7 @@ def bad_raw_folder(tmp_path_factory):
     return write_bad_folder(tmp_path_factory.mktemp("portable_raw") / "data")
 
 
-def cmgan_run(base: Path, beam_args: list[str], *flags: str) -> subprocess.CompletedProcess:
+def cmgan_run(base: Path, beam_args: list[str], *flags: str) -> None:
     """``cmgan run FLAGS`` with the tiny hyperparameters under ``base``, its Beam stages on
     ``beam_args``; it must succeed and push a model."""
     hparams = {**TINY_HPARAMS, "epochs": 1}
@@ -170,7 +170,6 @@ def cmgan_run(base: Path, beam_args: list[str], *flags: str) -> subprocess.Compl
         cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert "pushed model:" in done.stdout and "nothing pushed" not in done.stdout
-    return done
 
 
 def only_output(base: Path, component: str, key: str) -> str:
