@@ -18,8 +18,10 @@ from components.datasets import FeatureDataset, make_demo_dataset, write_feature
 # Small enough that a whole TFX pipeline run takes well under a minute on 2 CPU cores.
 TINY_DATASET = dict(seed=0, num_classes=4, train_per_class=40, val_per_class=12,
                     test_per_class=12, image_dim=16, text_dim=8)
+# The paper's common vectors (the `general` preset's default appends the class posteriors; the
+# raw tiny run below keeps that, so both retrieval spaces run through export and serving).
 TINY_HPARAMS = dict(hidden_dim=32, common_dim=32, inter_disc_hidden=32, epochs=3,
-                    validate_every=1, generator_steps=2, batch_size=32)
+                    validate_every=1, generator_steps=2, batch_size=32, retrieval_space="common")
 # On top of TINY_HPARAMS for raw data: tiny cnn + kim_cnn encoders, one epoch (the data path is
 # under test, not the model).
 TINY_RAW_HPARAMS = dict(epochs=1, generator_steps=1, cnn_channels=4, cnn_feature_dim=16,
