@@ -181,24 +181,6 @@ class CMGANHParams:
 RETRIEVAL_TUNED: dict[str, Any] = {"semantic_classifier": "cosine", "shared_classifier": True,
                                    "semantic_weight": 5.0, "learning_rate": 3e-4,
                                    "ema_decay": 0.99, "jit_compile": True}
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    # The quick start: stop once validation MAP stops rising (30 epochs at most). The weight
-    # average looks back ~20 steps instead of ~100 (15 steps an epoch): at 0.99 validation MAP
-    # still reached only 0.72 at epoch 22 (0.74 at epoch 10 with 0.95). Captions have at most 18
-    # tokens and the vocabulary ~100 words; no XLA: its compile takes longer than the training.
-    "demo": {**RETRIEVAL_TUNED, "epochs": 30, "validate_every": 2, "early_stopping_patience": 2,
-             "ema_decay": 0.95, "text_max_tokens": 32, "text_vocab_size": 1000,
-             "jit_compile": False},
-    "demo-features": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
-    # text_vocab_size only matters with --text-encoder kim_cnn (raw article texts): 5,000 words
-    # gave validation mean MAP 0.2540 against 0.2467 with 20,000 (512 tokens instead of 256:
-    # lower, 0.2337 vs 0.2426 at epoch 20, stopped there). Retrieving with the class posteriors
-    # beside the common vector raised validation mean MAP over 5 validation redraws: LDA-10 texts
-    # 0.2342 -> 0.2490, MiniLM texts 0.2581 -> 0.2759 (`cmgan benchmark`, README "Repeated-split
-    # benchmark").
-    "wikipedia": {**RETRIEVAL_TUNED, "epochs": 40, "validate_every": 2, "text_vocab_size": 5000,
-                  "retrieval_space": "common_and_label"},
-}
 
 # The default for a dataset without a preset of its own (`features`, `raw`, `examples`), chosen on
 # validation (split seeds 0-1 of pascal_sentence_dev with EfficientNet-Lite0 / MiniLM features;
@@ -209,11 +191,32 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 # 2,000 epochs take hours (validation peaked at epochs 20-40). Retrieval with the class
 # posteriors beside the common vector won on validation under every preset it was tried with
 # (5 split seeds each): this one on pascal_sentence_dev 0.7439 -> 0.7584, `pretrained` 0.7642 ->
-# 0.7761, `wikipedia` on LDA-10 / MiniLM texts 0.2342 -> 0.2490 / 0.2581 -> 0.2759.
+# 0.7761, the former `wikipedia` preset on LDA-10 / MiniLM texts 0.2342 -> 0.2490 / 0.2581 ->
+# 0.2759.
 GENERAL: dict[str, Any] = {**RETRIEVAL_TUNED, "pair_loss_weight": 5.0, "dropout": 0.5,
                            "input_dropout": 0.2, "hidden_dim": 256, "common_dim": 256,
                            "inter_disc_hidden": 256, "epochs": 60, "validate_every": 3,
                            "early_stopping_patience": 5, "retrieval_space": "common_and_label"}
+
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    # The quick start: stop once validation MAP stops rising (30 epochs at most). The weight
+    # average looks back ~20 steps instead of ~100 (15 steps an epoch): at 0.99 validation MAP
+    # still reached only 0.72 at epoch 22 (0.74 at epoch 10 with 0.95). Captions have at most 18
+    # tokens and the vocabulary ~100 words; no XLA: its compile takes longer than the training.
+    "demo": {**RETRIEVAL_TUNED, "epochs": 30, "validate_every": 2, "early_stopping_patience": 2,
+             "ema_decay": 0.95, "text_max_tokens": 32, "text_vocab_size": 1000,
+             "jit_compile": False},
+    "demo-features": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
+    # `general` won on validation over 5 validation redraws (`cmgan benchmark`, README
+    # "Repeated-split benchmark"): LDA-10 texts 0.2619 against 0.2490, MiniLM texts 0.2807
+    # against 0.2759 for the former preset (RETRIEVAL_TUNED, 40 epochs, both retrieving with the
+    # class posteriors beside the common vector; 0.2342 and 0.2581 without them).
+    # text_vocab_size only matters with --text-encoder kim_cnn (raw article texts): 5,000 words
+    # gave validation mean MAP 0.2540 against 0.2467 with 20,000 under the former preset (512
+    # tokens instead of 256: lower, 0.2337 vs 0.2426 at epoch 20, stopped there).
+    "wikipedia": {**GENERAL, "text_vocab_size": 5000},
+}
+
 # Strong pretrained features of a few hundred pairs (`--preset pretrained`): dropping 80% of the
 # input features each step, with a 150-epoch budget, raised pascal_sentence_dev validation MAP
 # from 0.7439 to 0.7642 (5 split seeds; 0.5: 0.7533, 0.7: 0.7598, 0.9: 0.7625). Not the general
