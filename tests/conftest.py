@@ -55,7 +55,7 @@ TINY_RUN_PIPELINES = {"features": "cmgan-tiny", "raw": "cmgan-tiny-raw"}
 TINY_RUN_KINDS = tuple(TINY_RUN_PIPELINES)
 # The raw run retrieves with the class posteriors beside the common vector, so the export, the
 # search servable, the server and the page are tested with vectors longer than common_dim.
-TINY_RUN_RAW_EXTRA = {"retrieval_space": "common_and_label"}
+TINY_RUN_RAW_HPARAMS = {**TINY_RAW_HPARAMS, "retrieval_space": "common_and_label"}
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def tiny_pipeline_run(make_pipeline_config, tiny_raw_demo_dir, tmp_path_factory)
             base = tmp_path_factory.mktemp(f"tiny-run-{kind}")
             config = (make_pipeline_config(base, dataset="raw", data_dir=tiny_raw_demo_dir,
                                            pipeline_name=TINY_RUN_PIPELINES[kind],
-                                           hparams={**TINY_RAW_HPARAMS, **TINY_RUN_RAW_EXTRA})
+                                           hparams=TINY_RUN_RAW_HPARAMS)
                       if kind == "raw" else
                       make_pipeline_config(base, pipeline_name=TINY_RUN_PIPELINES[kind]))
             result = run_pipeline(config)

@@ -21,8 +21,8 @@ from models.metrics import retrieval_report
 from pipeline import cli
 from pipeline.reporting import SECTIONS, collect, write_report
 
-from conftest import (RAW_DEMO_PER_CLASS, TINY_DATASET, TINY_HPARAMS, TINY_RAW_HPARAMS,
-                      TINY_RUN_KINDS, TINY_RUN_RAW_EXTRA)
+from conftest import (RAW_DEMO_PER_CLASS, TINY_DATASET, TINY_HPARAMS, TINY_RUN_KINDS,
+                      TINY_RUN_RAW_HPARAMS)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RAW_PER_CLASS, RAW_CLASSES = RAW_DEMO_PER_CLASS, 8
@@ -219,8 +219,7 @@ def test_model_card_names_the_data_splits_and_hyperparameters(report, pipeline_r
     assert rows["pairs per split"] == ", ".join(f"{s} {n}" for s, n in split_sizes(kind).items())
     hparams = {r.attrs["data-key"]: r.children[1].text()
                for r in next(page.iter(id="hparams-table")).iter("tr")}
-    raw_only = {**TINY_RAW_HPARAMS, **TINY_RUN_RAW_EXTRA} if kind == "raw" else {}
-    for key, value in {**TINY_HPARAMS, **raw_only}.items():
+    for key, value in {**TINY_HPARAMS, **(TINY_RUN_RAW_HPARAMS if kind == "raw" else {})}.items():
         assert hparams[key] == str(value), key
     card = next(page.iter("section", id="model-card")).text()
     for heading in ("Intended use", "Limitations", "Metrics"):
