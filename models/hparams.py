@@ -208,9 +208,10 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
              "jit_compile": False},
     "demo-features": {**RETRIEVAL_TUNED, "epochs": 20, "validate_every": 2},
     # `general` won on validation over 5 validation redraws (`cmgan benchmark`, README
-    # "Repeated-split benchmark"): LDA-10 texts 0.2619 against 0.2490, MiniLM texts 0.2807
-    # against 0.2759 for the former preset (RETRIEVAL_TUNED, 40 epochs, both retrieving with the
-    # class posteriors beside the common vector; 0.2342 and 0.2581 without them).
+    # "Repeated-split benchmark"): LDA-10 texts 0.2619 against 0.2490, MiniLM texts (then the
+    # first 256 word pieces) 0.2807 against 0.2759 for the former preset (RETRIEVAL_TUNED, 40
+    # epochs, both retrieving with the class posteriors beside the common vector; 0.2342 and
+    # 0.2581 without them).
     # text_vocab_size only matters with --text-encoder kim_cnn (raw article texts): 5,000 words
     # gave validation mean MAP 0.2540 against 0.2467 with 20,000 under the former preset (512
     # tokens instead of 256: lower, 0.2337 vs 0.2426 at epoch 20, stopped there).

@@ -151,6 +151,26 @@ def test_minilm_beam_run_inference_equals_direct():
     _assert_beam_equals_direct(MINILM, SENTENCES, direct, atol=1e-5, max_batch_size=4)
 
 
+def test_minilm_reads_a_long_text_in_windows_of_whole_words():
+    """A text is not cut off at the model's 256 word pieces: it is read in windows whose
+    embeddings are averaged, so a topic that only starts after the first window still counts."""
+    volcano, castles = SENTENCES[4], SENTENCES[5]
+    long_text = " ".join([volcano] * 30 + [castles] * 30)  # ~700 word pieces
+    model = te._cached_model(MINILM)  # pylint: disable=protected-access
+    windows = te._windows(model, long_text)  # pylint: disable=protected-access
+    assert len(windows) >= 2 and " ".join(windows) == long_text  # cut between words, nothing lost
+    for window in windows:
+        pieces = len(model.tokenizer(window, add_special_tokens=False)["input_ids"])
+        assert pieces <= te.MINILM_WINDOW - 2
+    assert te._windows(model, volcano) == [volcano]  # pylint: disable=protected-access
+
+    vector, first_window, castle = te.encode_directly(MINILM, [long_text, windows[0], castles])
+    parts = te.encode_directly(MINILM, windows)
+    mean = parts.mean(axis=0)
+    np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-5)
+    assert vector @ castle > first_window @ castle + 0.2, (vector @ castle, first_window @ castle)
+
+
 def test_minilm_rejects_bytes_with_the_input_index():
     with pytest.raises(TypeError, match="input 1 must be a str.*bytes"):
         te.encode_directly(MINILM, ["fine", b"raw bytes"])
