@@ -191,10 +191,10 @@ def _windows(model, text: str) -> List[str]:
         return [text]
     windows, start = [], 0
     while start < len(offsets):
-        end = cut = min(start + limit, len(offsets))
+        full = cut = min(start + limit, len(offsets))
         while start < cut < len(offsets) and words[cut] == words[cut - 1]:
             cut -= 1  # do not split a word into word pieces that start the next window
-        end = cut if cut > start else end  # a word of more pieces than a window is cut inside
+        end = cut if cut > start else full  # a word of more pieces than a window is cut inside
         windows.append(text[offsets[start][0]:offsets[end - 1][1]])
         start = end
     return windows
