@@ -24,7 +24,7 @@ from components.datasets.encoded import encode_dataset  # noqa: E402
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
 from models.experiment import standardise  # noqa: E402
 from models.hparams import hparams_for_dataset  # noqa: E402
-from models.metrics import l2_normalise, retrieval_report  # noqa: E402
+from models.metrics import cross_modal_map, l2_normalise  # noqa: E402
 from models.training import embed, train_cmgan  # noqa: E402
 
 SEED_STRIDE = 100
@@ -33,7 +33,7 @@ SEED_STRIDE = 100
 def _mean_map(vectors: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> float:
     image = np.concatenate([l2_normalise(v[0]) for v in vectors], axis=1)
     text = np.concatenate([l2_normalise(v[1]) for v in vectors], axis=1)
-    return retrieval_report(image, text, labels)["mean"]
+    return cross_modal_map(image, text, labels)["mean"]
 
 
 def main(argv: list[str] | None = None) -> int:
