@@ -76,7 +76,24 @@ class _ReplicaConsistentLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return tf.equal(bad, 0.0)
 
 
-class CMGAN(keras.Model):
+class BuiltInInit(keras.Model):
+    """A model whose layers are all built in __init__ and its optimizers in compile (CMGAN and
+    models.ensemble.CMGANEnsemble)."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' version (under a tf.distribute strategy) takes a batch from the training
+        iterator, which then skips it, and strategy.reduce()s the batch dict, which
+        MultiWorkerMirroredStrategy cannot do ("unsupported type dict"). Without an unbuilt
+        layer no batch is needed."""
+        if getattr(self, "_distribute_strategy", None) is None or not all(
+                layer.built for layer in self._flatten_layers()):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=())
+        return None
+
+
+class CMGAN(BuiltInInit):
     def __init__(self, image_dim: int, text_dim: int, num_classes: int,
                  hparams: CMGANHParams = CMGANHParams(), **kwargs):
         super().__init__(**kwargs)
@@ -179,18 +196,6 @@ class CMGAN(keras.Model):
             self.discriminator_optimizers[d].build(self.discriminator(d).trainable_variables)
         for g in GENERATORS:
             self.generator_optimizers[g].build(self.generator(g).trainable_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """CM-GAN builds its layers in __init__ and its optimizers in compile. Keras' version
-        (under a tf.distribute strategy) takes a batch from the training iterator, which then
-        skips it, and strategy.reduce()s the batch dict, which MultiWorkerMirroredStrategy
-        cannot do ("unsupported type dict"). Without an unbuilt layer no batch is needed."""
-        if getattr(self, "_distribute_strategy", None) is None or not all(
-                layer.built for layer in self._flatten_layers()):
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=())
-        return None
 
     def discriminator(self, name: str) -> keras.Model:
         return getattr(self, f"{name}_discriminator")

@@ -88,6 +88,11 @@ class CMGANHParams:
     validate_every: int = 5  # epochs between validation MAP evaluations
     early_stopping_patience: int = 0  # validations without improvement before stopping; 0 = off
     seed: int = 0
+    # Seed ensemble (models/ensemble.py): this many CM-GANs that differ only in their seed
+    # (seed, seed + 100, ...: initialisation and batch stream), trained side by side in one fit;
+    # they retrieve with the concatenation of their L2-normalised vectors (the mean of their
+    # cosines), so the served embedding is this many times longer. 1 = one CM-GAN (the paper).
+    ensemble_members: int = 1
     jit_compile: bool = False
     precision: str = "float32"  # PRECISIONS
 
@@ -124,7 +129,8 @@ class CMGANHParams:
         for name in ("common_dim", "hidden_dim", "inter_disc_hidden", "batch_size",
                      "generator_steps", "epochs", "lr_halving_epochs", "validate_every",
                      "image_size", "cnn_channels", "cnn_feature_dim", "text_vocab_size",
-                     "text_max_tokens", "word_embedding_dim", "kim_filters"):
+                     "text_max_tokens", "word_embedding_dim", "kim_filters",
+                     "ensemble_members"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be positive (>= 1), got {getattr(self, name)}")
         for name in ("early_stopping_patience", "seed"):

@@ -25,17 +25,18 @@ import tensorflow as tf
 
 from models.cmgan import CMGAN
 from models.distribute import make_strategy, non_chief_scratch, worker_name
+from models.ensemble import CMGANEnsemble, build_model, training_batches
 from models.hparams import CMGANHParams
 from models.metrics import SELECTION_METRIC
 from models.progress import TrainingProgress
-from models.sampling import class_balanced_batches, steps_per_epoch
+from models.sampling import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class TrainResult:
-    model: CMGAN
+    model: CMGAN | CMGANEnsemble
     history: list[dict[str, Any]]
     best_epoch: int
     best_val: dict[str, float]
@@ -54,7 +55,7 @@ COMMON_SPACE_SAMPLE = 1000
 XLA_MIN_STEPS = 5000
 
 
-def embed(model: CMGAN, image: np.ndarray, text: np.ndarray,
+def embed(model: CMGAN | CMGANEnsemble, image: np.ndarray, text: np.ndarray,
           batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Retrieval vectors (the common representations by default) in inference mode, in
     batches."""
@@ -213,7 +214,7 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
         checkpoint_dir = checkpoint_dir and os.path.join(scratch, "checkpoints")
         log_dir = log_dir and os.path.join(scratch, "logs")
     with strategy.scope():
-        model = CMGAN(train.image.shape[1], train.text.shape[1], num_classes, hparams)
+        model = build_model(train.image.shape[1], train.text.shape[1], num_classes, hparams)
         model.compile(steps_per_epoch=steps, jit_compile=jit_compile)
     initial = None
     if val is not None:
@@ -240,9 +241,8 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     try:
         if resumed < hparams.epochs:
             # Global batches; Keras' fit splits each over the replicas (models.sampling).
-            batches = class_balanced_batches(train.image, train.text, train.label,
-                                             hparams.batch_size, seed=hparams.seed,
-                                             start_batch=resumed * steps)
+            batches = training_batches(train.image, train.text, train.label, hparams,
+                                       start_batch=resumed * steps)
             model.fit(batches, epochs=hparams.epochs, initial_epoch=resumed,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     finally:

@@ -197,9 +197,10 @@ def test_resume_from_checkpoint_continues_epochs(demo, tmp_path):
     assert int(opt.iterations.numpy()) == 4 * steps  # optimizer state restored, not reset
 
 
-def test_mirrored_strategy_two_replicas_stay_equal():
+@pytest.mark.parametrize("members", [1, 2])  # one CM-GAN, a seed ensemble (models/ensemble.py)
+def test_mirrored_strategy_two_replicas_stay_equal(members):
     out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts",
-                                                       "mirrored_training.py")],
+                                                       "mirrored_training.py"), str(members)],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
@@ -211,7 +212,8 @@ def test_mirrored_strategy_two_replicas_stay_equal():
         for name in LOSS_NAMES:
             assert math.isfinite(record[name]), name
     assert report["val"]["mean"] > 0.0
-    assert report["total_variables"] > 55  # generator moving averages are mirrored too
+    assert report["total_variables"] > 55 * members  # generator moving averages mirrored too
+    assert report["embedding_dim"] == 32 * members
 
 
 def test_generator_weight_average_tracks_and_swaps(demo):

@@ -21,7 +21,10 @@ from conftest import TINY_HPARAMS, TINY_RAW_HPARAMS, serving_process
 from models.preprocessing import ID_KEY, IMAGE_KEY, TEXT_KEY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RAW = [f"{k}={v}" for k, v in {**TINY_HPARAMS, **TINY_RAW_HPARAMS}.items()]
+# Two ensemble members (models/ensemble.py), so the served graph's equality with the Trainer's
+# Keras model below holds for a seed ensemble of pixel and token encoders too.
+TINY_RAW = [f"{k}={v}" for k, v in {**TINY_HPARAMS, **TINY_RAW_HPARAMS,
+                                     "ensemble_members": 2}.items()]
 
 
 def cmgan(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -94,6 +97,8 @@ def test_served_model_takes_image_bytes_and_text_strings_like_training_did(demo_
                                    atol=1e-4)
         np.testing.assert_allclose(from_strings["embedding"], reference["text_embedding"][:6],
                                    atol=1e-4)
+        # Both members' unit vectors, side by side.
+        assert from_bytes["embedding"].shape == (6, 2 * TINY_HPARAMS["common_dim"])
         result = client.search("cmgan", rows[ids[0]]["text"], query_kind="text_string",
                                target="image", k=5)
         assert result.ids.shape == (1, 5) and np.all(np.diff(result.scores[0]) <= 1e-6)

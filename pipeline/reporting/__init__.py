@@ -97,7 +97,10 @@ def _model_card(data: ReportData) -> str:
                          "with a shared encoder layer, intra- and inter-modality discriminators"),
         ("common space", f"{hparams.get('common_dim', '?')}-d, L2-normalised; cosine ranking"
                          + ("; retrieval vectors also hold the class posteriors"
-                            if hparams.get("retrieval_space") == "common_and_label" else "")),
+                            if hparams.get("retrieval_space") == "common_and_label" else "")
+                         + (f"; a seed ensemble of {hparams['ensemble_members']} CM-GANs "
+                            "(their unit vectors concatenated: the mean of their cosines)"
+                            if hparams.get("ensemble_members", 1) > 1 else "")),
         ("training", f"{training.get('epochs', '?')} epochs, best epoch "
                      f"{training.get('best_epoch', '?')} on validation mean MAP@all, strategy "
                      f"{training.get('strategy', '?')}"

@@ -1,6 +1,7 @@
 """Trains CM-GAN steps under MirroredStrategy on two logical CPU devices; prints JSON.
 
-Run in its own process: logical devices must be configured before TensorFlow starts.
+Run in its own process: logical devices must be configured before TensorFlow starts. An optional
+argument is the number of seed-ensemble members (default 1).
 """
 import json
 import sys
@@ -22,7 +23,8 @@ dataset = standardise(make_demo_dataset(seed=0, num_classes=4, train_per_class=4
 hparams = CMGANHParams(epochs=2, hidden_dim=32, common_dim=32, inter_disc_hidden=16,
                        batch_size=16, validate_every=1, semantic_classifier="cosine",
                        shared_classifier=True, jit_compile=True,  # XLA falls back to off
-                       ema_decay=0.9)
+                       ema_decay=0.9,
+                       ensemble_members=int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 result = train_cmgan(dataset.splits["train"], dataset.splits["val"], dataset.num_classes,
                      hparams, strategy=strategy, verbose=0)
@@ -40,4 +42,4 @@ optimizer_replicas = [len(getattr(v.value, "values", ())) for opt in
 json.dump({"replicas": strategy.num_replicas_in_sync, "history": result.history,
            "mirrored_variables": mirrored, "total_variables": len(result.model.variables),
            "mismatched": mismatched, "optimizer_variable_replicas": optimizer_replicas,
-           "val": result.best_val}, sys.stdout)
+           "val": result.best_val, "embedding_dim": result.model.embedding_dim}, sys.stdout)
