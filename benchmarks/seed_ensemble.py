@@ -22,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.datasets.encoded import encode_dataset  # noqa: E402
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
+from models.ensemble import member_seeds  # noqa: E402
 from models.experiment import standardise  # noqa: E402
 from models.hparams import hparams_for_dataset  # noqa: E402
 from models.metrics import cross_modal_map, l2_normalise  # noqa: E402
 from models.training import embed, train_cmgan  # noqa: E402
-
-SEED_STRIDE = 100
-
 
 def _mean_map(vectors: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> float:
     image = np.concatenate([l2_normalise(v[0]) for v in vectors], axis=1)
@@ -58,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.splits):
         data = standardise(resplit(dataset, seed, fixed_test=encoded.fixed_test))
         vectors = {"val": [], "test": []}
-        for member in range(args.members):
+        # Trained apart, each with its own epoch: the seeds of models.ensemble's members.
+        for member_seed in member_seeds(hparams.replace(seed=seed,
+                                                        ensemble_members=args.members)):
             trained = train_cmgan(data.splits["train"], data.splits["val"], dataset.num_classes,
-                                  hparams.replace(seed=seed + SEED_STRIDE * member), verbose=0)
+                                  hparams.replace(seed=member_seed, ensemble_members=1),
+                                  verbose=0)
             for split in vectors:
                 part = data.splits[split]
                 vectors[split].append(embed(trained.model, part.image, part.text))

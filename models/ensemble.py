@@ -37,7 +37,6 @@ class CMGANEnsemble(BuiltInInit):
                  hparams: CMGANHParams, **kwargs):
         super().__init__(**kwargs)
         self.hparams = hparams
-        self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
         self.members = []
         for k, seed in enumerate(member_seeds(hparams)):
             # Each member initialised as a single CM-GAN of its seed would be (the global
@@ -56,9 +55,6 @@ class CMGANEnsemble(BuiltInInit):
     @property
     def generator_averages(self) -> list:
         return [a for member in self.members for a in member.generator_averages]
-
-    def generator_variables(self) -> list:
-        return [v for member in self.members for v in member.generator_variables()]
 
     def swap_generator_averages(self) -> None:
         for member in self.members:
