@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 
 import tensorflow as tf
+# Private TF modules: the coordination service's heartbeat timeout has no public setting.
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+from tensorflow.python.eager import context
+from tensorflow.tsl.protobuf import coordination_config_pb2
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# How long the coordination service waits for a worker's heartbeat before it fails the whole
+# cluster. TF's default, 10 s, was missed once on 2 loaded CPU cores (a clean-clone test run,
+# 2026-12-06) and killed a healthy run; a dead worker's peers still fail within this time.
+HEARTBEAT_TIMEOUT_S = 60
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
@@ -25,8 +37,30 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _configure_coordination_service(HEARTBEAT_TIMEOUT_S)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        coordination = context.context().config.experimental.coordination_config
+        log.info("coordination service heartbeat timeout %g s",
+                 coordination.heartbeat_timeout_in_ms / 1000)
+        return strategy
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _configure_coordination_service(heartbeat_timeout_s: float) -> None:
+    """What MultiWorkerMirroredStrategy configures for itself (it keeps a service already
+    configured), with a longer heartbeat timeout."""
+    cluster_spec = TFConfigClusterResolver().cluster_spec()
+    task_type, _ = task()
+    if (context.context().coordination_service is not None or not cluster_spec.jobs
+            or task_type not in ("chief", "worker")):
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
+            name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster_spec.jobs])
 
 
 def task() -> tuple[str | None, int]:

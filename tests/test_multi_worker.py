@@ -146,6 +146,9 @@ def test_two_workers_train_alike_and_only_the_chief_writes(tiny_feature_dir, tmp
         checksums[found[-1][1]] = found[-1][0]
     assert set(checksums) == {"worker0", "worker1"}
     assert checksums["worker0"] == checksums["worker1"]
+    for worker in workers:  # the longer heartbeat timeout reached the coordination service
+        assert "coordination service heartbeat timeout 60 s" in log_file(
+            worker["stdout"]).read_text()
     assert cmgan_rows(chief["stdout"]) == cmgan_rows(other["stdout"])
     assert len(cmgan_rows(chief["stdout"])) == 2
     # Logged losses are the global batch's (summed over the replicas), the same on both.
@@ -264,6 +267,8 @@ def test_the_trainer_component_on_two_workers(tiny_pipeline_run, tmp_path):
                  for checksum, name in CHECKSUM.findall(worker["stderr"])}
     assert set(checksums) == {"worker0", "worker1"}
     assert checksums["worker0"] == checksums["worker1"]
+    for worker in workers:  # the longer heartbeat timeout reached the coordination service
+        assert "coordination service heartbeat timeout 60 s" in worker["stderr"]
 
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "model", "model_run"]
     model = load_serving_model(str(out / "model" / "Format-Serving"))
