@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.datasets.encoded import encode_dataset  # noqa: E402
+from benchmarks.split_study import add_dataset_arguments, encoded_features  # noqa: E402
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
 from models.data import stratified_holdout  # noqa: E402
 from models.experiment import standardise  # noqa: E402
@@ -36,18 +36,11 @@ INNER_SEED_OFFSET = 104729  # the inner holdout's seed, apart from resplit's val
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="demo-features")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--image-encoder", default="features")
-    parser.add_argument("--text-encoder", default="features")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--splits", type=int, default=5)
+    add_dataset_arguments(parser)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default="outputs/feature_cache")
     args = parser.parse_args(argv)
 
-    encoded = encode_dataset(args.dataset, args.data_dir, image_encoder=args.image_encoder,
-                             text_encoder=args.text_encoder, cache_dir=args.cache_dir)
+    encoded = encoded_features(args)
     dataset = encoded.dataset
     # One CM-GAN: the question is the data, not the ensemble.
     hparams = hparams_for_dataset(args.dataset, preset=args.preset).replace(ensemble_members=1)
@@ -65,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         a = cross_modal_map(*embed(selected.model, scored.image, scored.text),
                             scored.label)["mean"]
         epochs = selected.best_epoch
-        full = standardise(outer)  # validates only after the last epoch: no selection
+        full = standardise(outer)
+        # Validates only after the last epoch, so the refit model is that epoch's: no selection.
         refit = train_cmgan(full.splits["train"], full.splits["val"], dataset.num_classes,
                             hparams.replace(seed=seed, epochs=epochs, validate_every=epochs,
                                             early_stopping_patience=0), verbose=0)

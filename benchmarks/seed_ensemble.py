@@ -20,13 +20,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.datasets.encoded import encode_dataset  # noqa: E402
+from benchmarks.split_study import add_dataset_arguments, encoded_features  # noqa: E402
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
 from models.ensemble import member_seeds  # noqa: E402
 from models.experiment import standardise  # noqa: E402
 from models.hparams import hparams_for_dataset  # noqa: E402
 from models.metrics import cross_modal_map, l2_normalise  # noqa: E402
 from models.training import embed, train_cmgan  # noqa: E402
+
 
 def _mean_map(vectors: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> float:
     image = np.concatenate([l2_normalise(v[0]) for v in vectors], axis=1)
@@ -36,18 +37,11 @@ def _mean_map(vectors: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="demo-features")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--image-encoder", default="features")
-    parser.add_argument("--text-encoder", default="features")
-    parser.add_argument("--preset", default=None)
+    add_dataset_arguments(parser)
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--cache-dir", default="outputs/feature_cache")
     args = parser.parse_args(argv)
 
-    encoded = encode_dataset(args.dataset, args.data_dir, image_encoder=args.image_encoder,
-                             text_encoder=args.text_encoder, cache_dir=args.cache_dir)
+    encoded = encoded_features(args)
     dataset = encoded.dataset
     hparams = hparams_for_dataset(args.dataset, preset=args.preset)
     scores = {split: {"member_1": [], "members_mean": [], "ensemble": []}
