@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from models.data import FeatureDataset, Split
+from models.data import FeatureDataset, Split, pooled
 from models import metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class CrossModalEmbedder(Protocol):
     def transform_image(self, x: np.ndarray) -> np.ndarray: ...
 
     def transform_text(self, t: np.ndarray) -> np.ndarray: ...
+
+    def refit(self, data: Split) -> "CrossModalEmbedder": ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,10 @@ class CCABaseline:
         self.correlations = correlations[:dim]
         return self
 
+    def refit(self, data: Split) -> "CCABaseline":
+        """The same setting fitted on `data` (no selection)."""
+        return CCABaseline(self.regularisation, self.n_components).fit(data.image, data.text)
+
     def projection_dim(self, image_dim: int, text_dim: int) -> int:
         limit = min(image_dim, text_dim)
         return limit if self.n_components is None else min(limit, self.n_components)
@@ -126,6 +132,11 @@ class ClassifierBaseline:
         self.text_classifier = self._classifier().fit(
             self.text_standardiser(train_text), train_label)
         return self
+
+    def refit(self, data: Split) -> "ClassifierBaseline":
+        """The same setting fitted on `data` (no selection)."""
+        return ClassifierBaseline(self.C, self.max_iter, self.seed).fit(data.image, data.text,
+                                                                        data.label)
 
     def transform_image(self, x: np.ndarray) -> np.ndarray:
         return self.image_classifier.predict_proba(self.image_standardiser(x))
@@ -233,13 +244,21 @@ def fit_baselines(dataset: FeatureDataset, seed: int = 0) -> dict[str, CrossModa
 
 
 def baseline_reports(dataset: FeatureDataset, splits: Sequence[str] = ("val", "test"),
-                     k_values: Sequence[int] = (50,), seed: int = 0) -> dict[str, dict]:
+                     k_values: Sequence[int] = (50,), seed: int = 0,
+                     refit: bool = False) -> dict[str, dict]:
     """{baseline: {split: metrics.retrieval_report}}, each baseline fitted once (on train,
-    tuned on val) and scored on every split asked for."""
-    return {name: {split: metrics.retrieval_report(
-                *baseline_embeddings(model, dataset.splits[split]),
-                dataset.splits[split].label, k_values) for split in splits}
-            for name, model in fit_baselines(dataset, seed).items()}
+    tuned on val) and scored on every split asked for. With `refit` (to compare with a CM-GAN
+    refit on train + val) each is fitted again on train + val with its chosen setting and
+    scores every split but val, which stays the selection fit's."""
+    train_and_val = pooled([dataset.splits["train"], dataset.splits["val"]]) if refit else None
+    reports = {}
+    for name, selected in fit_baselines(dataset, seed).items():
+        refitted = selected.refit(train_and_val) if refit else selected
+        reports[name] = {split: metrics.retrieval_report(
+            *baseline_embeddings(selected if split == "val" else refitted,
+                                 dataset.splits[split]),
+            dataset.splits[split].label, k_values) for split in splits}
+    return reports
 
 
 def evaluate_baselines(dataset: FeatureDataset, split: str = "test",

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.baselines import baseline_reports
-from models.data import FeatureDataset, Split, stratified_holdout
+from models.data import FeatureDataset, pooled, stratified_holdout
 from models.hparams import CMGANHParams
 from models.metrics import retrieval_report
 
@@ -28,11 +28,6 @@ VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 
 
-def _pooled(splits: Sequence[Split]) -> Split:
-    return Split(*(np.concatenate([getattr(s, f) for s in splits])
-                   for f in ("image", "text", "label", "ids")))
-
-
 def resplit(dataset: FeatureDataset, seed: int, *, fixed_test: bool,
             val_fraction: float = VAL_FRACTION,
             test_fraction: float = TEST_FRACTION) -> FeatureDataset:
@@ -40,9 +35,9 @@ def resplit(dataset: FeatureDataset, seed: int, *, fixed_test: bool,
     validation is redrawn from train + val."""
     splits = dataset.splits
     if fixed_test:
-        rest, test = _pooled([splits["train"], splits["val"]]), splits["test"]
+        rest, test = pooled([splits["train"], splits["val"]]), splits["test"]
     else:
-        everything = _pooled([splits[s] for s in ("train", "val", "test")])
+        everything = pooled([splits[s] for s in ("train", "val", "test")])
         in_test = stratified_holdout(everything.label, test_fraction, seed)
         rest, test = everything.subset(~in_test), everything.subset(in_test)
         val_fraction = val_fraction / (1.0 - test_fraction)  # of what test left
@@ -71,8 +66,8 @@ def evaluate_split(dataset: FeatureDataset, hparams: CMGANHParams, seed: int,
             "test": retrieval_report(*embed(trained.model, test.image, test.text), test.label)}
         results["best_epoch"][name] = trained.best_epoch
     if any(name in methods for name in BASELINES):
-        results["methods"].update({name: reports for name, reports in
-                                   baseline_reports(dataset, seed=seed).items()
+        baselines = baseline_reports(dataset, seed=seed, refit=hparams.refit_on_validation)
+        results["methods"].update({name: reports for name, reports in baselines.items()
                                    if name in methods})
     return results
 
@@ -145,6 +140,9 @@ def run_benchmark(dataset: FeatureDataset, hparams: CMGANHParams, *, splits: int
         f"{VAL_FRACTION:.0%} of train+val" if fixed_test else
         f"stratified per seed: test {TEST_FRACTION:.0%}, validation {VAL_FRACTION:.0%}, "
         "train the rest")
+    if hparams.refit_on_validation:
+        document["split_protocol"] += ("; every method refit on train + validation with what "
+                                       "validation chose (epochs, regulariser), then tested")
     document["fixed_test"] = fixed_test
     document["per_split"] = [{"seed": s["seed"], "sizes": s["sizes"],
                               "best_epoch": s["best_epoch"]} for s in per_split]

@@ -26,6 +26,12 @@ class Split:
         return Split(self.image[index], self.text[index], self.label[index], self.ids[index])
 
 
+def pooled(splits) -> Split:
+    """One Split of every pair of ``splits``, in order."""
+    return Split(*(np.concatenate([getattr(s, f) for s in splits])
+                   for f in ("image", "text", "label", "ids")))
+
+
 def default_class_names(num_classes: int) -> tuple[str, ...]:
     """Names for datasets that ship no class list: ``class_0`` .. ``class_<n-1>``."""
     return tuple(f"class_{i}" for i in range(num_classes))

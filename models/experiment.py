@@ -84,11 +84,12 @@ def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy
         return retrieval_report(*embed(result.model, split.image, split.text), split.label)
 
     methods = {"cmgan": {"val": result.best_val, "test": cmgan_report(test)}}
-    methods.update(baseline_reports(dataset))  # fitted once, scored on val and test
+    # Fitted once, scored on val and test; refit on train + val as CM-GAN was, if it was.
+    methods.update(baseline_reports(dataset, refit=hparams.refit_on_validation))
     document = metrics_document(
         dataset.name, methods, "test", validation=metrics_document(
             dataset.name, methods, "val")["methods"],
-        best_epoch=result.best_epoch, hparams=hparams.to_dict(),
+        best_epoch=result.best_epoch, refit_epochs=result.refit_epochs, hparams=hparams.to_dict(),
         resumed_from_epoch=result.resumed_from_epoch, wall_time_s=round(time.time() - started, 1))
     document["tables"] = methods
     if output_dir:
@@ -100,6 +101,8 @@ def _train_and_evaluate(dataset: FeatureDataset, hparams: CMGANHParams, strategy
 
 
 def print_tables(document: dict[str, Any]) -> None:
+    refit = ("; then every method refit on train + val (val rows: before the refit)"
+             if document.get("refit_epochs") else "")
     print(f"\n{document['dataset']}: MAP@all, CM-GAN epoch chosen on val "
-          f"({document['best_epoch']})")
+          f"({document['best_epoch']}){refit}")
     print(format_map_table(document["tables"]))

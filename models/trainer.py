@@ -50,12 +50,30 @@ REFERENCE_EMBEDDINGS = "reference_embeddings.npz"
 COMMON_SPACE = "common_space.npz"  # val embeddings before and after training, for the report
 NUM_REFERENCE_EXAMPLES = 32
 WARM_START_DIR, WARM_START_WEIGHTS = "warm_start", "cmgan.weights.h5"
+# Beside Format-Serving in the Model artifact: how the exported model was selected.
+SELECTION_RECORD = "selection.json"
 
 
 def warm_start_weights_path(serving_model_dir: str) -> str:
     """Where the weights of the model exported to ``serving_model_dir`` are kept."""
     return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), WARM_START_DIR,
                         WARM_START_WEIGHTS)
+
+
+def selection_record_path(model_uri: str) -> str:
+    """The Trainer's record of a Model artifact's selection: epoch, validation report of the
+    selection run and, if the model was then refit on train + validation, its epochs (its own
+    validation figures are then on pairs it trained on, so the Evaluator blesses on these)."""
+    return os.path.join(model_uri, SELECTION_RECORD)
+
+
+def read_selection_record(model_uri: str) -> dict[str, Any] | None:
+    """The record of selection_record_path, or None for a model without one."""
+    path = selection_record_path(model_uri)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def checkpoint_fingerprint(fn_args, hparams: CMGANHParams, strategy: str) -> str:
@@ -113,6 +131,9 @@ def run_fn(fn_args) -> None:
         _write_weights(result.model, warm_start_weights_path(serving_model_dir), local)
         warm = fn_args.base_model if result.warm_started_from else None
         _write_report(run_dir, result, hparams, strategy_name, checkpoint_dir, num_classes, warm)
+        _write_json(selection_record_path(os.path.dirname(serving_model_dir.rstrip("/"))),
+                    {"best_epoch": result.best_epoch, "best_val": result.best_val,
+                     "refit_epochs": result.refit_epochs})
         _write_reference_embeddings(run_dir, result, val)
         _write_common_space(run_dir, result, val)
     wait_for_the_chiefs_model(strategy, fn_args.serving_model_dir)
@@ -191,6 +212,7 @@ def _write_report(run_dir: str, result, hparams: CMGANHParams, strategy: str,
         "resumed_from_epoch": result.resumed_from_epoch,
         "best_epoch": result.best_epoch,
         "best_val": result.best_val,
+        "refit_epochs": result.refit_epochs,
         "epochs": hparams.epochs,
         "num_classes": num_classes,
         "strategy": strategy,
@@ -198,9 +220,13 @@ def _write_report(run_dir: str, result, hparams: CMGANHParams, strategy: str,
         "hparams": hparams.to_dict(),
         "history": result.history,
     }
-    tf.io.gfile.makedirs(run_dir)
-    with tf.io.gfile.GFile(os.path.join(run_dir, TRAINING_REPORT), "w") as f:
-        json.dump(report, f, indent=2, default=float)
+    _write_json(os.path.join(run_dir, TRAINING_REPORT), report)
+
+
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(document, f, indent=2, default=float)
 
 
 def _write_reference_embeddings(run_dir: str, result, val) -> None:

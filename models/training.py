@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.cmgan import CMGAN
+from models.data import Split, pooled
 from models.distribute import make_strategy, non_chief_scratch, worker_name
 from models.ensemble import CMGANEnsemble, build_model, training_batches
 from models.hparams import CMGANHParams
@@ -46,8 +47,12 @@ class TrainResult:
     # (image, text) embeddings of the first COMMON_SPACE_SAMPLE val pairs by the freshly
     # initialised model: the "before training" picture of the common space.
     initial_val_embeddings: tuple[np.ndarray, np.ndarray] | None = None
-    # (image, text) embeddings of every val pair by the returned model (what best_val scores).
+    # (image, text) embeddings of every val pair by the returned model (what best_val scores,
+    # unless the model was refit).
     val_embeddings: tuple[np.ndarray, np.ndarray] | None = None
+    # With hparams.refit_on_validation: the epochs the returned model trained on train + val
+    # (best_epoch, best_val and history stay the selection run's). None: no refit.
+    refit_epochs: int | None = None
 
 
 COMMON_SPACE_SAMPLE = 1000
@@ -91,6 +96,9 @@ class _TrainingState(tf.Module):
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         # Early stopping's count, so a resumed run stops where an uninterrupted one would.
         self.validations_without_gain = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Set by early stopping, so a run resumed after it (e.g. killed during its refit or
+        # export) does not train on; a run that reached its last epoch may be given more.
+        self.stopped_early = tf.Variable(False, trainable=False)
 
 
 class ValidationSelection(keras.callbacks.Callback):
@@ -176,19 +184,49 @@ class ValidationSelection(keras.callbacks.Callback):
                                  final=bool(self.model.stop_training))
         self.history.append(record)
         self.state.epoch.assign(done)
+        self.state.stopped_early.assign(bool(self.model.stop_training))
         if self.last_manager:
             self.last_manager.save(checkpoint_number=done)
 
 
-def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHParams(), *,
+def train_cmgan(train: Split, val: Split | None, num_classes: int,
+                hparams: CMGANHParams = CMGANHParams(), *,
                 strategy: str | tf.distribute.Strategy = "default", log_dir: str | None = None,
                 checkpoint_dir: str | None = None, verbose: int = 1,
                 initial_weights: str | None = None) -> TrainResult:
-    """Trains on `train` (a Split-like object with image, text, label), selects on `val`.
+    """Trains on `train`, selects the epoch on `val`; with ``hparams.refit_on_validation``
+    then trains the same seed from the same start on train + val for the chosen epochs and
+    returns that model (its checkpoints and logs in a ``refit`` subfolder).
 
     ``initial_weights``: a ``save_weights`` file of a compatible CMGAN to start from (warm
     start) instead of a fresh initialisation; ignored, with a warning, when incompatible, and
     when a checkpoint is resumed."""
+    selected = _train_and_select(train, val, num_classes, hparams, strategy=strategy,
+                                 log_dir=log_dir, checkpoint_dir=checkpoint_dir, verbose=verbose,
+                                 initial_weights=initial_weights)
+    if not hparams.refit_on_validation or val is None:
+        return selected
+    epochs = selected.best_epoch
+    if verbose:
+        print(f"refitting on train + validation ({len(train) + len(val)} pairs) for the "
+              f"{epochs} epochs validation chose", flush=True)
+    # Measured before it was offered: benchmarks/refit_check.py (README).
+    refit = _train_and_select(
+        pooled([train, val]), None, num_classes,
+        hparams.replace(epochs=epochs, early_stopping_patience=0), strategy=selected.strategy,
+        log_dir=log_dir and os.path.join(log_dir, "refit"),
+        checkpoint_dir=checkpoint_dir and os.path.join(checkpoint_dir, "refit"),
+        verbose=verbose, initial_weights=selected.warm_started_from)
+    return dataclasses.replace(selected, model=refit.model, refit_epochs=epochs,
+                               val_embeddings=embed(refit.model, val.image, val.text))
+
+
+def _train_and_select(train: Split, val: Split | None, num_classes: int,
+                      hparams: CMGANHParams, *, strategy: str | tf.distribute.Strategy,
+                      log_dir: str | None, checkpoint_dir: str | None, verbose: int,
+                      initial_weights: str | None) -> TrainResult:
+    """One training run, keeping the epoch with the best validation MAP (with no `val`: the
+    last epoch)."""
     keras.utils.set_random_seed(hparams.seed)
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
@@ -239,7 +277,7 @@ def train_cmgan(train, val, num_classes: int, hparams: CMGANHParams = CMGANHPara
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     try:
-        if resumed < hparams.epochs:
+        if resumed < hparams.epochs and not bool(state.stopped_early):
             # Global batches; Keras' fit splits each over the replicas (models.sampling).
             batches = training_batches(train.image, train.text, train.label, hparams,
                                        start_batch=resumed * steps)

@@ -127,6 +127,9 @@ def stage_counts(config: PipelineConfig, node_id: str) -> dict[str, Any]:
                                      f"{report['epochs']})")
         if report.get("best_val"):
             counts["val MAP"] = f"{report['best_val']['mean']:.4f}"
+        if report.get("refit_epochs"):
+            epochs = report["refit_epochs"]
+            counts["refit on train + val"] = f"{epochs} epoch{'s' if epochs != 1 else ''}"
     if "evaluation" in uri:
         with open(os.path.join(uri["evaluation"], EVALUATION_FILE)) as f:
             evaluation = json.load(f)

@@ -6,6 +6,8 @@ import pytest
 
 from components.datasets.types import FeatureDataset, Split
 from models import baselines
+from models.data import pooled
+from models.metrics import retrieval_report
 
 NUM_CLASSES, IMAGE_DIM, TEXT_DIM = 5, 32, 16
 CHANCE = 1 / NUM_CLASSES
@@ -132,3 +134,21 @@ def test_choice_at_grid_edge_is_logged(dataset, caplog):
         chosen = baselines.fit_classifier(train, val, grid=(1e-6, 1e-5))
     assert chosen.C == 1e-5  # almost no fit at all: validation prefers the larger C
     assert any("edge of its grid" in r.getMessage() for r in caplog.records)
+
+
+def test_refit_on_train_and_val_keeps_the_chosen_setting_and_the_selection_validation(dataset):
+    """As a refit CM-GAN: validation picks the setting, train + val fits it, val rows stay the
+    selection fit's (the refit model has seen those pairs)."""
+    train, val, test = (dataset.splits[s] for s in ("train", "val", "test"))
+    plain = baselines.baseline_reports(dataset)
+    refit = baselines.baseline_reports(dataset, refit=True)
+    both = pooled([train, val])
+    by_hand = {"cca": baselines.CCABaseline(baselines.fit_cca(train, val).regularisation).fit(
+                   both.image, both.text),
+               "classifier": baselines.ClassifierBaseline(
+                   baselines.fit_classifier(train, val).C).fit(both.image, both.text, both.label)}
+    for name, model in by_hand.items():
+        assert refit[name]["val"] == plain[name]["val"]
+        assert refit[name]["test"] == retrieval_report(
+            *baselines.baseline_embeddings(model, test), test.label)
+        assert refit[name]["test"] != plain[name]["test"]

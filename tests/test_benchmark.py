@@ -9,8 +9,10 @@ import pytest
 from scipy import stats
 
 from conftest import TINY_HPARAMS
-from models.benchmark import paired_difference, resplit
+from components.datasets import make_demo_dataset
+from models.benchmark import paired_difference, resplit, run_benchmark
 from models.data import FeatureDataset, Split
+from models.hparams import CMGANHParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMGAN = os.path.join(REPO, ".venv", "bin", "cmgan")
@@ -99,6 +101,22 @@ def test_benchmark_command_writes_paired_per_split_document(tmp_path):
     assert paired["ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
     assert [len(s["sizes"]) for s in document["per_split"]] == [3, 3]
     assert all(1 <= e <= 4 for s in document["per_split"] for e in s["best_epoch"].values())
+
+
+def test_a_refit_benchmark_refits_every_method_and_keeps_the_selection_validation():
+    dataset = make_demo_dataset(seed=0, num_classes=4, train_per_class=30, val_per_class=10,
+                                test_per_class=10)
+    hparams = CMGANHParams.from_dict(TINY_HPARAMS)
+    runs = {refit: run_benchmark(dataset, hparams.replace(refit_on_validation=refit), splits=1,
+                                 fixed_test=False, methods=("cmgan", "classifier"),
+                                 progress=lambda line: None)
+            for refit in (False, True)}
+    assert "refit on train + validation" in runs[True]["split_protocol"]
+    assert "refit" not in runs[False]["split_protocol"]
+    for method in ("cmgan", "classifier"):
+        plain, refit = runs[False]["methods"][method], runs[True]["methods"][method]
+        assert refit["val_mean"] == plain["val_mean"], method  # the selection's, not refit's
+        assert refit["test_mean"] != plain["test_mean"], method
 
 
 def test_raw_features_are_encoded_once_and_read_from_the_cache(tiny_raw_demo_dir, tmp_path):

@@ -77,7 +77,9 @@ def test_stage_lines_progress_and_next_commands(runs):
     per_split = ", ".join(f"{s} {8 * n}" for s, n in RAW_DEMO_PER_CLASS.items())
     assert re.search(rf"StatisticsGen done in \S+: examples {per_split}$", out, re.M), out
     assert re.search(r"Transform done in \S+: vocabulary \S+ \d+ words$", out, re.M), out
-    assert re.search(r"Trainer done in \S+: best epoch 1/1, val MAP 0\.\d{4}$", out, re.M), out
+    # The `general` preset refits on train + val for the chosen epoch count.
+    assert re.search(r"Trainer done in \S+: best epoch 1/1, val MAP 0\.\d{4}, refit on train "
+                     r"\+ val 1 epoch$", out, re.M), out
     assert re.search(r"Pusher done in \S+: pushed version \d+$", out, re.M), out
     # stdout is a pipe: one plain progress line per validation, no carriage returns
     assert re.search(r"^  epoch 1/1  d [\d.]+/[\d.]+  g [\d.]+/[\d.]+  val MAP 0\.\d{4}", out,

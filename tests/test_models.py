@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from components.datasets import make_demo_dataset
 from models.cmgan import CMGAN, LOSS_NAMES
+from models.data import pooled
 from models.experiment import standardise
 from models.hparams import CMGANHParams, hparams_for_dataset
 from models.sampling import class_balanced_batches, steps_per_epoch
@@ -195,6 +196,48 @@ def test_resume_from_checkpoint_continues_epochs(demo, tmp_path):
     steps = steps_per_epoch(len(train), TINY.batch_size)
     opt = resumed.model.discriminator_optimizers["inter_image"]
     assert int(opt.iterations.numpy()) == 4 * steps  # optimizer state restored, not reset
+
+
+def test_a_run_that_stopped_early_does_not_train_on_when_resumed(demo, tmp_path):
+    train, val = demo.splits["train"], demo.splits["val"]
+    hp = TINY.replace(epochs=40, early_stopping_patience=1)
+    first = train_cmgan(train, val, demo.num_classes, hp, checkpoint_dir=str(tmp_path),
+                        verbose=0)
+    stopped = first.history[-1]["epoch"]
+    assert stopped < hp.epochs
+    resumed = train_cmgan(train, val, demo.num_classes, hp, checkpoint_dir=str(tmp_path),
+                          verbose=0)
+    assert resumed.resumed_from_epoch == stopped and resumed.history == []
+    assert (resumed.best_epoch, resumed.best_val) == (first.best_epoch, first.best_val)
+
+
+def test_refit_trains_the_same_seed_on_train_and_val_for_the_chosen_epochs(demo, tmp_path):
+    train, val = demo.splits["train"], demo.splits["val"]
+    hp = TINY.replace(epochs=6, refit_on_validation=True)
+    result = train_cmgan(train, val, demo.num_classes, hp, checkpoint_dir=str(tmp_path),
+                         verbose=0)
+    selected = train_cmgan(train, val, demo.num_classes, hp.replace(refit_on_validation=False),
+                           verbose=0)
+    assert selected.refit_epochs is None
+    assert result.refit_epochs == result.best_epoch == selected.best_epoch
+    assert result.best_val == selected.best_val  # reported figures: the selection run's
+    by_hand = train_cmgan(pooled([train, val]), None, demo.num_classes,
+                          hp.replace(refit_on_validation=False, epochs=result.refit_epochs),
+                          verbose=0)
+    test = demo.splits["test"]
+    refit_emb, by_hand_emb, selected_emb = (embed(r.model, test.image, test.text)
+                                            for r in (result, by_hand, selected))
+    np.testing.assert_allclose(refit_emb[0], by_hand_emb[0], atol=1e-5)
+    np.testing.assert_allclose(refit_emb[1], by_hand_emb[1], atol=1e-5)
+    assert np.abs(refit_emb[0] - selected_emb[0]).max() > 1e-3  # another model is returned
+    np.testing.assert_allclose(result.val_embeddings[0],
+                               embed(result.model, val.image, val.text)[0], atol=1e-6)
+    assert tf.train.latest_checkpoint(str(tmp_path / "refit" / "last"))
+    again = train_cmgan(train, val, demo.num_classes, hp, checkpoint_dir=str(tmp_path),
+                        verbose=0)  # both phases resume from their finished checkpoints
+    assert again.history == [] and again.refit_epochs == result.refit_epochs
+    np.testing.assert_allclose(embed(again.model, test.image, test.text)[0], refit_emb[0],
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("members", [1, 2])  # one CM-GAN, a seed ensemble (models/ensemble.py)

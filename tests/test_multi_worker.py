@@ -187,7 +187,10 @@ def test_a_killed_worker_restarted_with_the_cluster_resumes_from_the_backup(tiny
     args = ["-m", "pipeline", "train", "--dataset", "features", "--data-dir",
             str(tiny_feature_dir), "--epochs",
             str(RESUME_EPOCHS), "--strategy", "multi_worker", "--output-dir", str(out),
-            "--backup-dir", str(backup), "--hparam=early_stopping_patience=0", *hparams]
+            "--backup-dir", str(backup), "--hparam=early_stopping_patience=0",
+            # The selection run is the one killed and resumed here; the refit phase resumes from
+            # its own folder alike (tests/test_models.py).
+            "--hparam=refit_on_validation=false", *hparams]
     ports = free_ports(2)  # the cluster's addresses stay (as a TFJob's services do)
     workers = [start_worker(args, tmp_path, ports, index) for index in range(2)]
     try:

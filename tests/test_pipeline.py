@@ -52,7 +52,7 @@ def config(make_pipeline_config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(config):
     result = run_pipeline(config)
-    return result, _states(config), _versions(config)
+    return result, _states(config), _versions(config), _outputs(config, "Trainer")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,8 @@ def cached_run(first_run, config):
 
 @pytest.fixture(scope="module")
 def strict_run(cached_run, config, tmp_path_factory):
-    """The CLI path: a threshold above any possible MAP, so nothing may be pushed."""
+    """The CLI path: a threshold above any possible MAP, so nothing may be pushed; trained
+    with a refit on train + val (so the Trainer runs again)."""
     metrics_file = tmp_path_factory.mktemp("strict") / "metrics.json"
     versions_before = _versions(config)
     args = ["run", "--dataset", "features", "--data-dir", config.data.data_dir,
@@ -72,6 +73,7 @@ def strict_run(cached_run, config, tmp_path_factory):
             "--preset", "paper",
             "--metrics-out", str(metrics_file)]
     args += [f"--hparam={k}={v}" for k, v in config.training.hparams.items()]
+    args += ["--hparam=refit_on_validation=true"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         exit_code = cli.main(args)
@@ -79,7 +81,7 @@ def strict_run(cached_run, config, tmp_path_factory):
 
 
 def test_all_components_run_and_the_model_is_pushed_in_tf_serving_layout(first_run, config):
-    result, states, versions = first_run
+    result, states, versions, _ = first_run
     assert {node: states.get(node) for node in ALL_COMPONENTS} == {
         node: "COMPLETE" for node in ALL_COMPONENTS}
     assert result.blessed, result.reason
@@ -91,7 +93,7 @@ def test_all_components_run_and_the_model_is_pushed_in_tf_serving_layout(first_r
 
 
 def test_evaluation_and_blessing_artifacts_hold_the_numbers(first_run, config):
-    result, _, _ = first_run
+    result, _, _, trainer_outputs = first_run
     outputs = _outputs(config, "RetrievalEvaluator")
     evaluation = json.loads(
         (Path(outputs["evaluation"][0].uri) / EVALUATION_FILE).read_text())
@@ -102,9 +104,10 @@ def test_evaluation_and_blessing_artifacts_hold_the_numbers(first_run, config):
             for metric in ("i2t", "t2i", "mean", "all_modal"):
                 assert 0.0 < reports[split][metric] <= 1.0
     assert evaluation["blessed"] is True and evaluation["baseline_model"] is None
+    assert "(candidate: exported model)" in evaluation["reason"]
 
     blessing = outputs["blessing"][0]
-    model = _outputs(config, "Trainer")["model"][0]
+    model = trainer_outputs["model"][0]
     assert blessing.custom_properties["blessed"].int_value == 1
     assert blessing.custom_properties["current_model_id"].int_value == model.id
     assert "blessed" in blessing.custom_properties["blessing_message"].string_value
@@ -141,6 +144,19 @@ def test_threshold_out_of_reach_pushes_nothing_and_says_why(strict_run, config):
     assert blessing.custom_properties["blessed"].int_value == 0
     assert "below the threshold" in blessing.custom_properties["blessing_message"].string_value
     assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
+
+    # The refit model has seen the validation pairs: the blessing uses the selection run's
+    # validation figure, which the Trainer records beside the export.
+    model = _outputs(config, "Trainer")["model"][0]
+    selection = json.loads((Path(model.uri) / "selection.json").read_text())
+    assert selection["refit_epochs"] == selection["best_epoch"] >= 1
+    evaluation = _outputs(config, "RetrievalEvaluator")["evaluation"][0]
+    evaluation = json.loads((Path(evaluation.uri) / EVALUATION_FILE).read_text())
+    assert evaluation["candidate_model"] == model.uri
+    assert (f"validation mean MAP {selection['best_val']['mean']:.4f} is below the threshold"
+            in evaluation["reason"])
+    assert f"selection run; refit on train + val for {selection['refit_epochs']} epochs" in (
+        evaluation["reason"])
 
     assert metrics["dataset"] == "features" and metrics["split"] == "test"
     assert set(metrics["methods"]) == {"cmgan", "cca", "classifier"}
@@ -191,8 +207,8 @@ print("REPORT " + json.dumps(report))
 
 def test_pushed_savedmodel_reloads_in_a_fresh_process_and_matches_the_trainer(
         first_run, config, tiny_feature_dir, tiny_dataset):
-    result, _, _ = first_run
-    model_run = _outputs(config, "Trainer")["model_run"][0].uri
+    result, _, _, trainer_outputs = first_run  # a later test trains another model
+    model_run = trainer_outputs["model_run"][0].uri
     completed = subprocess.run(
         [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, result.pushed_model,
          os.path.join(model_run, "reference_embeddings.npz"), str(tiny_feature_dir / "val.npz")],

@@ -26,11 +26,12 @@ from components.example_gen.utils import pixel_image_size
 from components.retrieval_evaluator.constants import (EVAL_SPLITS, EVALUATION_FILE,
                                                       MAP_MARGIN_KEY, MAP_THRESHOLD_KEY,
                                                       MEAN_MAP_PROPERTY, SEED_KEY)
-from models.baselines import baseline_embeddings, baseline_features, fit_baselines
+from models.baselines import baseline_features, baseline_reports
 from models.example_codec import read_split, split_files
 from models.export import load_serving_model
 from models.metrics import SELECTION_METRIC, SELECTION_SPLIT, retrieval_report
 from models.preprocessing import IMAGE_KEY, TEXT_KEY, num_classes_from_schema
+from models.trainer import read_selection_record
 from serving.search_model import encode
 
 
@@ -64,15 +65,23 @@ def evaluate_saved_model(model_dir: str, splits: dict[str, Split]) -> dict[str, 
 
 
 def evaluate_feature_baselines(transformed: dict[str, Split], num_classes: int,
-                               seed: int) -> dict[str, dict[str, dict]]:
-    """CCA and classifier reports on the eval splits, fitted on train and tuned on val.
-    Token ids and pixels are first turned into baseline features (models.baselines)."""
+                               seed: int, refit: bool = False) -> dict[str, dict[str, dict]]:
+    """CCA and classifier reports on the eval splits, fitted on train and tuned on val (then
+    refit on train + val if `refit`, as the candidate was). Token ids and pixels are first
+    turned into baseline features (models.baselines)."""
     transformed = baseline_features(transformed, seed)
     dataset = FeatureDataset("transformed", transformed, default_class_names(num_classes))
-    return {name: {split: retrieval_report(*baseline_embeddings(model, transformed[split]),
-                                           transformed[split].label)
-                   for split in EVAL_SPLITS}
-            for name, model in fit_baselines(dataset, seed).items()}
+    return baseline_reports(dataset, EVAL_SPLITS, seed=seed, refit=refit)
+
+
+def selection_score(model, evaluated: dict[str, dict]) -> tuple[float, str]:
+    """(validation score to bless on, where it comes from). A model refit on train + val has
+    seen the validation pairs: its score is then the Trainer's selection run's."""
+    record = read_selection_record(model.uri)
+    if record and record.get("refit_epochs"):
+        return (float(record["best_val"][SELECTION_METRIC]),
+                f"selection run; refit on train + val for {record['refit_epochs']} epochs")
+    return float(evaluated[SELECTION_SPLIT][SELECTION_METRIC]), "exported model"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -103,15 +112,20 @@ class Executor(base_executor.BaseExecutor):
             except (ValueError, KeyError) as error:  # e.g. trained on features of another size
                 baseline_note = f"baseline model {baseline_model.uri} not compared: {error}"
                 logging.warning(baseline_note)
+        candidate_score, candidate_source = selection_score(model, methods["cmgan"])
         methods.update(evaluate_feature_baselines(
             transformed, num_classes_from_schema(tf_transform_output.raw_metadata.schema),
-            int(exec_properties.get(SEED_KEY, 0))))
+            int(exec_properties.get(SEED_KEY, 0)), refit=candidate_source != "exported model"))
 
-        baseline_score = methods.get("baseline_model", {}).get(SELECTION_SPLIT, {}).get(
-            SELECTION_METRIC)
+        baseline_score = baseline_source = None
+        if "baseline_model" in methods:
+            baseline_score, baseline_source = selection_score(baseline_model,
+                                                              methods["baseline_model"])
         blessed, reason = blessing_decision(
-            methods["cmgan"][SELECTION_SPLIT][SELECTION_METRIC], baseline_score,
+            candidate_score, baseline_score,
             float(exec_properties[MAP_THRESHOLD_KEY]), float(exec_properties[MAP_MARGIN_KEY]))
+        reason += f" (candidate: {candidate_source}"
+        reason += f"; baseline model: {baseline_source})" if baseline_source else ")"
         if baseline_note:
             reason += f" ({baseline_note})"
         logging.info("RetrievalEvaluator: %s", reason)
