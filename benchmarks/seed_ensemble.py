@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     encoded = encoded_features(args)
     dataset = encoded.dataset
-    hparams = hparams_for_dataset(args.dataset, preset=args.preset)
+    # The members' validation embeddings are scored: a model refit on train + val has seen them.
+    hparams = hparams_for_dataset(args.dataset, preset=args.preset).replace(
+        refit_on_validation=False)
     scores = {split: {"member_1": [], "members_mean": [], "ensemble": []}
               for split in ("val", "test")}
     started = time.time()

@@ -104,7 +104,7 @@ def test_evaluation_and_blessing_artifacts_hold_the_numbers(first_run, config):
             for metric in ("i2t", "t2i", "mean", "all_modal"):
                 assert 0.0 < reports[split][metric] <= 1.0
     assert evaluation["blessed"] is True and evaluation["baseline_model"] is None
-    assert "(candidate: exported model)" in evaluation["reason"]
+    assert "refit" not in evaluation["reason"]
 
     blessing = outputs["blessing"][0]
     model = trainer_outputs["model"][0]
@@ -155,8 +155,9 @@ def test_threshold_out_of_reach_pushes_nothing_and_says_why(strict_run, config):
     assert evaluation["candidate_model"] == model.uri
     assert (f"validation mean MAP {selection['best_val']['mean']:.4f} is below the threshold"
             in evaluation["reason"])
-    assert f"selection run; refit on train + val for {selection['refit_epochs']} epochs" in (
-        evaluation["reason"])
+    assert ("validation figures of the selection run; refit on train + val for the chosen "
+            f"epochs: candidate {selection['refit_epochs']})") in evaluation["reason"]
+    assert evaluation["methods"]["cmgan"]["val"] == selection["best_val"]
 
     assert metrics["dataset"] == "features" and metrics["split"] == "test"
     assert set(metrics["methods"]) == {"cmgan", "cca", "classifier"}

@@ -74,14 +74,11 @@ def evaluate_feature_baselines(transformed: dict[str, Split], num_classes: int,
     return baseline_reports(dataset, EVAL_SPLITS, seed=seed, refit=refit)
 
 
-def selection_score(model, evaluated: dict[str, dict]) -> tuple[float, str]:
-    """(validation score to bless on, where it comes from). A model refit on train + val has
-    seen the validation pairs: its score is then the Trainer's selection run's."""
+def refit_record(model) -> dict[str, Any] | None:
+    """The Trainer's selection record of a model refit on train + val, else None: such a model
+    has seen the validation pairs, so its validation figures are its selection run's."""
     record = read_selection_record(model.uri)
-    if record and record.get("refit_epochs"):
-        return (float(record["best_val"][SELECTION_METRIC]),
-                f"selection run; refit on train + val for {record['refit_epochs']} epochs")
-    return float(evaluated[SELECTION_SPLIT][SELECTION_METRIC]), "exported model"
+    return record if record and record.get("refit_epochs") else None
 
 
 class Executor(base_executor.BaseExecutor):
@@ -112,20 +109,25 @@ class Executor(base_executor.BaseExecutor):
             except (ValueError, KeyError) as error:  # e.g. trained on features of another size
                 baseline_note = f"baseline model {baseline_model.uri} not compared: {error}"
                 logging.warning(baseline_note)
-        candidate_score, candidate_source = selection_score(model, methods["cmgan"])
+        refits = {name: refit_record(artifact) for name, artifact in
+                  (("cmgan", model), ("baseline_model", baseline_model)) if name in methods}
+        refits = {name: record for name, record in refits.items() if record}
+        for name, record in refits.items():
+            methods[name][SELECTION_SPLIT] = record["best_val"]
         methods.update(evaluate_feature_baselines(
             transformed, num_classes_from_schema(tf_transform_output.raw_metadata.schema),
-            int(exec_properties.get(SEED_KEY, 0)), refit=candidate_source != "exported model"))
+            int(exec_properties.get(SEED_KEY, 0)), refit="cmgan" in refits))
 
-        baseline_score = baseline_source = None
-        if "baseline_model" in methods:
-            baseline_score, baseline_source = selection_score(baseline_model,
-                                                              methods["baseline_model"])
+        baseline_score = methods.get("baseline_model", {}).get(SELECTION_SPLIT, {}).get(
+            SELECTION_METRIC)
         blessed, reason = blessing_decision(
-            candidate_score, baseline_score,
+            methods["cmgan"][SELECTION_SPLIT][SELECTION_METRIC], baseline_score,
             float(exec_properties[MAP_THRESHOLD_KEY]), float(exec_properties[MAP_MARGIN_KEY]))
-        reason += f" (candidate: {candidate_source}"
-        reason += f"; baseline model: {baseline_source})" if baseline_source else ")"
+        if refits:
+            epochs = ", ".join(f"{'candidate' if name == 'cmgan' else 'baseline model'} "
+                               f"{record['refit_epochs']}" for name, record in refits.items())
+            reason += (" (validation figures of the selection run; refit on train + val for "
+                       f"the chosen epochs: {epochs})")
         if baseline_note:
             reason += f" ({baseline_note})"
         logging.info("RetrievalEvaluator: %s", reason)
