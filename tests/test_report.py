@@ -8,6 +8,7 @@ trained on raw images and texts, whose example queries show thumbnails and text 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import glob
 import io
 import os
@@ -253,3 +254,15 @@ def test_cli_finds_the_run_in_ml_metadata(pipeline_run, tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"no run '7' of {config.pipeline_name}; runs: 1: " in error
     assert not (tmp_path / "x.html").exists()
+
+
+def test_a_refit_model_is_called_so_beside_the_map_table_and_the_common_space(report):
+    """The pipeline run here does not refit: no note. A refit model's report says that its
+    validation pairs were training data (models/training.py, refit_on_validation)."""
+    data, _, page = report
+    assert "refit" not in next(page.iter(id="map")).text()
+    from pipeline.reporting import _refit_note  # pylint: disable=import-outside-toplevel
+
+    assert _refit_note(data) == ""
+    refit = dataclasses.replace(data, training={**data.training, "refit_epochs": 7})
+    assert "refit on train + validation for the 7 epochs validation chose" in _refit_note(refit)

@@ -152,6 +152,16 @@ def _tensorboard(data: ReportData) -> str:
             f"{esc(data.model_run_dir)}</code></pre>")
 
 
+def _refit_note(data: ReportData) -> str:
+    """What a reader must know of a model refit on train + validation (models/training.py)."""
+    epochs = (data.training or {}).get("refit_epochs")
+    if not epochs:
+        return ""
+    return (f" The model was refit on train + validation for the {int(epochs)} epochs "
+            "validation chose (so were the baselines): its validation pairs were training data, "
+            "and its validation rows are the selection run's.")
+
+
 def write_report(data: ReportData, output: str, top_k: int = 5,
                  num_queries: int = 3) -> WrittenReport:
     """Writes ``output`` (HTML, figures embedded) and ``<stem>-<figure>.png`` beside it."""
@@ -167,7 +177,8 @@ def write_report(data: ReportData, output: str, top_k: int = 5,
                      render.map_table(methods) + "<p class=\"muted\">From the "
                      "RetrievalEvaluator's retrieval_metrics.json: CM-GAN (the candidate), the "
                      "last blessed model when there was one, and the CCA and classifier "
-                     "baselines fitted on the same training split.</p>"))
+                     "baselines fitted on the same training split." + _refit_note(data)
+                     + "</p>"))
 
     test = data.examples["test"]
     curves = {m: pr_curves(e["test"].image, e["test"].text, test.labels)
@@ -200,7 +211,7 @@ def write_report(data: ReportData, output: str, top_k: int = 5,
                        f"{esc(', '.join(p[0] for p in panels))}</span>. "
                        f"{len(space['labels'])} items; colour = class, "
                        f"circle = image, triangle = text. Source: "
-                       f"{esc(data.common_space_source)}.</p>"))
+                       f"{esc(data.common_space_source)}.{_refit_note(data)}</p>"))
 
     emb = data.embeddings["cmgan"]["test"]
     queries = pick_queries(test.labels, num_queries)
