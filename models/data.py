@@ -3,6 +3,7 @@ bottom layer; components.datasets re-exports these types)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class Split:
         return Split(self.image[index], self.text[index], self.label[index], self.ids[index])
 
 
-def pooled(splits) -> Split:
+def pooled(splits: Sequence[Split]) -> Split:
     """One Split of every pair of ``splits``, in order."""
     return Split(*(np.concatenate([getattr(s, f) for s in splits])
                    for f in ("image", "text", "label", "ids")))

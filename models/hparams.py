@@ -205,8 +205,8 @@ RETRIEVAL_TUNED: dict[str, Any] = {"semantic_classifier": "cosine", "shared_clas
 # 0.2759. Refitting on train + validation for the chosen epochs won on validation wherever it
 # was measured (benchmarks/refit_check.py: nested holdout, 20 split seeds each, one model):
 # `pretrained` on pascal_sentence_dev +0.0073 [+0.0014, +0.0132], `wikipedia` on LDA-10 and
-# whole-article MiniLM texts together +0.0054 [+0.0017, +0.0091]; it costs at most the training
-# again (the chosen epochs, not the early-stopped run's).
+# whole-article MiniLM texts together +0.0054 [+0.0017, +0.0091]; it trains the chosen epochs
+# again, on train + validation (the selection run went on until early stopping).
 GENERAL: dict[str, Any] = {**RETRIEVAL_TUNED, "pair_loss_weight": 5.0, "dropout": 0.5,
                            "input_dropout": 0.2, "hidden_dim": 256, "common_dim": 256,
                            "inter_disc_hidden": 256, "epochs": 60, "validate_every": 3,
