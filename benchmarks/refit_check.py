@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.split_study import add_dataset_arguments, encoded_features  # noqa: E402
+from benchmarks.split_study import (add_dataset_arguments, encoded_features,  # noqa: E402
+                                    study_hparams)
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
 from models.data import stratified_holdout  # noqa: E402
 from models.experiment import standardise  # noqa: E402
-from models.hparams import hparams_for_dataset  # noqa: E402
 from models.metrics import cross_modal_map  # noqa: E402
 from models.training import embed, train_cmgan  # noqa: E402
 
@@ -42,10 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     encoded = encoded_features(args)
     dataset = encoded.dataset
-    # One CM-GAN: the question is the data, not the ensemble. Both runs below are written out
-    # (B is what refit_on_validation does), so the preset's own refit is off.
-    hparams = hparams_for_dataset(args.dataset, preset=args.preset).replace(
-        ensemble_members=1, refit_on_validation=False)
+    # One CM-GAN: the question is the data, not the ensemble. B below is what
+    # refit_on_validation does, written out.
+    hparams = study_hparams(args).replace(ensemble_members=1)
     per_split, started = [], time.time()
     for seed in range(args.first_seed, args.first_seed + args.splits):
         outer = resplit(dataset, seed, fixed_test=encoded.fixed_test)

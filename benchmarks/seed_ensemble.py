@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.split_study import add_dataset_arguments, encoded_features  # noqa: E402
+from benchmarks.split_study import (add_dataset_arguments, encoded_features,  # noqa: E402
+                                    study_hparams)
 from models.benchmark import paired_difference, resplit, summarise  # noqa: E402
 from models.ensemble import member_seeds  # noqa: E402
 from models.experiment import standardise  # noqa: E402
-from models.hparams import hparams_for_dataset  # noqa: E402
 from models.metrics import cross_modal_map, l2_normalise  # noqa: E402
 from models.training import embed, train_cmgan  # noqa: E402
 
@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoded = encoded_features(args)
     dataset = encoded.dataset
-    # The members' validation embeddings are scored: a model refit on train + val has seen them.
-    hparams = hparams_for_dataset(args.dataset, preset=args.preset).replace(
-        refit_on_validation=False)
+    hparams = study_hparams(args)
     scores = {split: {"member_1": [], "members_mean": [], "ensemble": []}
               for split in ("val", "test")}
     started = time.time()
