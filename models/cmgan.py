@@ -248,9 +248,16 @@ class CMGAN(BuiltInInit):
         other = self._features(other_modality, batch[other_modality])
         generator = self.generator(modality)
         common = tf.cast(generator.encode(own, training=True), tf.float32)
-        semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            batch["label"], tf.cast(generator.classify(common, training=True), tf.float32))
+        logits = tf.cast(generator.classify(common, training=True), tf.float32)
+        semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits)
         total = hp.semantic_weight * semantic
+        if hp.distillation_weight:
+            other_generator = self.generator(other_modality)
+            teacher = tf.stop_gradient(tf.nn.softmax(tf.cast(other_generator.classify(
+                other_generator.encode_features(other, training=True), training=True),
+                tf.float32)))
+            total += hp.distillation_weight * tf.nn.softmax_cross_entropy_with_logits(
+                teacher, logits)
         if hp.adversarial_weight:
             inter = self.inter_text_discriminator if modality == "image" else (
                 self.inter_image_discriminator)

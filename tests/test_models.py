@@ -301,6 +301,40 @@ def test_no_gan_ablation_trains_no_discriminator_and_leaves_the_decoders(demo):
     assert all(math.isfinite(v[-1]) for v in history.values())
 
 
+def test_distillation_adds_the_cross_entropy_against_the_paired_items_posteriors(demo):
+    """Each generator's loss gains the cross-entropy of its class logits against the other
+    modality's posteriors for the same pairs, and that teacher gets no gradient."""
+    train = demo.splits["train"]
+    hp = TINY.replace(semantic_classifier="cosine", shared_classifier=True,
+                      adversarial_weight=0.0, pair_loss_weight=5.0)
+    batch = next(iter(class_balanced_batches(train.image, train.text, train.label,
+                                             hp.batch_size)))
+    model = CMGAN(train.image.shape[1], train.text.shape[1], demo.num_classes, hp)
+    distilled = CMGAN(train.image.shape[1], train.text.shape[1], demo.num_classes,
+                      hp.replace(distillation_weight=2.0))
+    distilled.set_weights(model.get_weights())
+
+    def logits(net, modality):  # as in training: batch statistics (no dropout in TINY)
+        generator = net.generator(modality)
+        return generator.classify(generator.encode(batch[modality], training=True),
+                                  training=True).numpy()
+
+    for modality, other in (("image", "text"), ("text", "image")):
+        without, _ = model._generator_loss(modality, batch)  # pylint: disable=protected-access
+        with tf.GradientTape() as tape:
+            with_it, _ = distilled._generator_loss(modality, batch)  # pylint: disable=protected-access
+        teacher = tf.nn.softmax(logits(distilled, other)).numpy()
+        log_student = tf.nn.log_softmax(logits(distilled, modality)).numpy()
+        expected = -2.0 * (teacher * log_student).sum(axis=1)
+        np.testing.assert_allclose(with_it.numpy() - without.numpy(), expected, rtol=1e-4,
+                                   atol=1e-5)
+        own_encoder = distilled.generator(other).own_encoder.trainable_variables
+        assert all(g is None for g in tape.gradient(with_it, own_encoder))
+    result = train_cmgan(train, demo.splits["val"], demo.num_classes,
+                         hp.replace(distillation_weight=2.0, adversarial_weight=1.0), verbose=0)
+    assert all(math.isfinite(r["g_image_loss"]) for r in result.history)
+
+
 def test_common_space_losses_pull_same_class_pairs_together(demo):
     """DSCMR's pairwise and invariance losses: finite, and with them the same-class cross-modal
     cosine rises above the other-class one after a short run."""
