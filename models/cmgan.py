@@ -252,6 +252,9 @@ class CMGAN(BuiltInInit):
         semantic = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits)
         total = hp.semantic_weight * semantic
         if hp.distillation_weight:
+            # The teacher sees its input as in training (dropout on): on pascal_sentence_dev's
+            # validation a clean teacher scored 0.0086 lower, and the pair's joint posterior
+            # (teacher + own logits) level (README "Cross-modal distillation").
             other_generator = self.generator(other_modality)
             teacher = tf.stop_gradient(tf.nn.softmax(tf.cast(other_generator.classify(
                 other_generator.encode_features(other, training=True), training=True),
